@@ -1,0 +1,24 @@
+//! iot-anomaly: real-time anomaly detection for IoT sensor streams on Kafka.
+//!
+//! Layers, each using only the ones listed after it:
+//!
+//! - orchestration: [`pipeline`] (consume → window → score → produce → store offsets),
+//!   [`evaluation`] (stream-order scoring of a labelled CSV and its metrics);
+//! - domain: [`record`] (parse and validate sensor JSON), [`detector`] (per-device
+//!   windows plus batched scoring), [`scorer`] (batch → tensor → errors → verdicts),
+//!   [`kafka`] (client builders), [`dataset`] (CSV history and labels);
+//! - foundations: [`config`], [`schema`], [`window`], [`model`], [`telemetry`].
+
+pub mod config;
+pub mod dataset;
+pub mod detector;
+pub mod evaluation;
+pub mod kafka;
+pub mod model;
+pub mod pipeline;
+pub mod record;
+pub mod schema;
+pub mod scorer;
+pub mod telemetry;
+pub mod verdict;
+pub mod window;

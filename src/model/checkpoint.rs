@@ -1,0 +1,203 @@
+//! Checkpoint directory: weights plus `model.json`, everything needed to score.
+//!
+//! Files:
+//! - `model.safetensors`: the weights, read back by the service (exact round trip);
+//! - `model.pt`: the same weights as a TorchScript archive that Python's
+//!   `torch.jit.load` opens (tch writes parameter names with `.` replaced by `|`);
+//! - `model.json`: [`ModelMeta`], written last so a complete `model.json` means a
+//!   complete checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device};
+
+use super::autoencoder::{Architecture, LstmAutoencoder};
+use super::scaler::Scaler;
+use crate::config::ThresholdMethod;
+use crate::schema::FeatureSchema;
+
+/// Format tag written into `model.json`; bumped when the layout changes.
+pub const CHECKPOINT_FORMAT: &str = "iot-anomaly-checkpoint/1";
+pub const META_FILE: &str = "model.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const TORCHSCRIPT_FILE: &str = "model.pt";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("no model in {dir}: {file} not found; train one with `iot-anomaly-train --config config/anoml-iot.toml --out {dir}` or set model.dir")]
+    Missing { dir: PathBuf, file: &'static str },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid {path}: {message}; retrain the model or restore the file")]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot load weights from {path}: {source}; the file does not match model.json, retrain the model")]
+    Weights { path: PathBuf, source: tch::TchError },
+    #[error("cannot write checkpoint to {path}: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+/// How the alarm threshold was derived.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdInfo {
+    /// A window whose score is above this value is an anomaly.
+    pub value: f64,
+    pub method: ThresholdMethod,
+    pub quantile: f64,
+    pub multiplier: f64,
+    /// Held-out normal windows the quantile was taken over.
+    pub calibration_windows: usize,
+}
+
+/// Where the model came from; lets a user trace a verdict back to its data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingInfo {
+    pub data_path: String,
+    /// SHA-256 of the training CSV's bytes.
+    pub data_sha256: String,
+    pub rows: usize,
+    pub train_windows: usize,
+    pub validation_windows: usize,
+    pub seed: u64,
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub best_validation_loss: f64,
+    pub train_seconds: f64,
+    pub time_column: Option<String>,
+    pub label_column: Option<String>,
+    pub device_column: Option<String>,
+    /// Labelled anomalous periods of the training data (inclusive Unix seconds).
+    pub anomaly_windows: Vec<[i64; 2]>,
+}
+
+/// Contents of `model.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelMeta {
+    pub format: String,
+    pub model_version: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    pub features: FeatureSchema,
+    pub architecture: Architecture,
+    pub scaler: Scaler,
+    pub threshold: ThresholdInfo,
+    pub training: TrainingInfo,
+    /// Metrics of the stream-order evaluation run right after training.
+    #[serde(default)]
+    pub evaluation: Option<serde_json::Value>,
+}
+
+impl ModelMeta {
+    /// Checks internal consistency; `path` only names the file in the error.
+    pub fn validate(&self, path: &Path) -> Result<(), CheckpointError> {
+        let invalid = |message: String| CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if self.format != CHECKPOINT_FORMAT {
+            return Err(invalid(format!(
+                "format is {:?}, this build reads {CHECKPOINT_FORMAT:?}",
+                self.format
+            )));
+        }
+        let arch = &self.architecture;
+        if arch.features != self.features.len() as i64 {
+            return Err(invalid(format!(
+                "architecture.features = {} but {} features are listed",
+                arch.features,
+                self.features.len()
+            )));
+        }
+        if arch.window < 2 || arch.hidden_size < 1 || arch.num_layers < 1 {
+            return Err(invalid(format!("architecture {arch:?} has a non-positive size")));
+        }
+        self.scaler
+            .validate()
+            .map_err(|m| invalid(format!("scaler: {m}")))?;
+        if self.scaler.len() != self.features.len() {
+            return Err(invalid(format!(
+                "scaler has {} columns for {} features",
+                self.scaler.len(),
+                self.features.len()
+            )));
+        }
+        if !(self.threshold.value.is_finite() && self.threshold.value > 0.0) {
+            return Err(invalid(format!(
+                "threshold.value = {} is not a positive finite number",
+                self.threshold.value
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A checkpoint in memory, ready to score.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub meta: ModelMeta,
+    pub model: LstmAutoencoder,
+    /// Owns the model's tensors; dropping it frees them.
+    pub vars: nn::VarStore,
+}
+
+/// Writes weights (safetensors and TorchScript) and then `model.json` into `dir`.
+pub fn save_checkpoint(dir: &Path, vars: &nn::VarStore, meta: &ModelMeta) -> Result<(), CheckpointError> {
+    let write_error = |path: &Path, message: String| CheckpointError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e.to_string()))?;
+
+    let weights = dir.join(WEIGHTS_FILE);
+    vars.save(&weights).map_err(|e| write_error(&weights, e.to_string()))?;
+    let torchscript = dir.join(TORCHSCRIPT_FILE);
+    vars.save(&torchscript)
+        .map_err(|e| write_error(&torchscript, e.to_string()))?;
+
+    let meta_path = dir.join(META_FILE);
+    let staging = dir.join(format!("{META_FILE}.tmp"));
+    let json = serde_json::to_vec_pretty(meta).map_err(|e| write_error(&meta_path, e.to_string()))?;
+    std::fs::write(&staging, json).map_err(|e| write_error(&staging, e.to_string()))?;
+    std::fs::rename(&staging, &meta_path).map_err(|e| write_error(&meta_path, e.to_string()))?;
+    Ok(())
+}
+
+/// Reads `model.json`, validates it and loads the weights on the CPU.
+pub fn load_checkpoint(dir: &Path) -> Result<LoadedModel, CheckpointError> {
+    let meta_path = dir.join(META_FILE);
+    if !meta_path.is_file() {
+        return Err(CheckpointError::Missing {
+            dir: dir.to_path_buf(),
+            file: META_FILE,
+        });
+    }
+    let text = std::fs::read(&meta_path).map_err(|source| CheckpointError::Io {
+        path: meta_path.clone(),
+        source,
+    })?;
+    let meta: ModelMeta = serde_json::from_slice(&text).map_err(|e| CheckpointError::Invalid {
+        path: meta_path.clone(),
+        message: e.to_string(),
+    })?;
+    meta.validate(&meta_path)?;
+
+    let weights = dir.join(WEIGHTS_FILE);
+    if !weights.is_file() {
+        return Err(CheckpointError::Missing {
+            dir: dir.to_path_buf(),
+            file: WEIGHTS_FILE,
+        });
+    }
+    let mut vars = nn::VarStore::new(Device::Cpu);
+    let model = LstmAutoencoder::new(&vars.root(), meta.architecture);
+    vars.load(&weights)
+        .map_err(|source| CheckpointError::Weights { path: weights, source })?;
+    vars.freeze();
+    Ok(LoadedModel { meta, model, vars })
+}

@@ -1,0 +1,408 @@
+//! The scoring loop: consume a batch → parse → window → score → produce verdicts and
+//! dead letters → wait for the broker's acknowledgements → store offsets.
+//!
+//! Delivery is at-least-once: an input offset is stored (and later auto-committed)
+//! only after the verdict or dead letter of that record and of every earlier record
+//! in the batch is acknowledged. A crash replays at most the uncommitted tail, which
+//! can duplicate verdicts but never loses one.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message};
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::detector::Detector;
+use crate::kafka::{self, KafkaError};
+use crate::record::{MessageMeta, RecordParser, RejectReason, SensorRecord};
+use crate::telemetry::{Health, Metrics};
+use crate::verdict::Status;
+
+/// Headers of a dead-letter message; its payload and key are the original bytes.
+pub const HEADER_REASON: &str = "iot-anomaly.reason";
+pub const HEADER_REASON_KIND: &str = "iot-anomaly.reason-kind";
+pub const HEADER_SOURCE_TOPIC: &str = "iot-anomaly.source-topic";
+pub const HEADER_SOURCE_PARTITION: &str = "iot-anomaly.source-partition";
+pub const HEADER_SOURCE_OFFSET: &str = "iot-anomaly.source-offset";
+
+/// How long shutdown waits for outstanding deliveries.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot create the Kafka {client}: {source}")]
+    Client {
+        client: &'static str,
+        source: KafkaError,
+    },
+    #[error("cannot subscribe to {topic}: {source}")]
+    Subscribe { topic: String, source: KafkaError },
+    #[error("the broker did not acknowledge a message for {topic}: {source}; stopping without storing offsets so the batch is consumed again after restart")]
+    Delivery { topic: String, source: KafkaError },
+    #[error("cannot serialise a verdict: {0}")]
+    Serialise(#[from] serde_json::Error),
+}
+
+/// Totals of one pipeline run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    pub consumed: u64,
+    pub verdicts: u64,
+    pub anomalies: u64,
+    pub dead_letters: u64,
+}
+
+/// Consumer context that reports rebalances to the log and to `/readyz`.
+pub struct ScoringContext {
+    health: Arc<Health>,
+}
+
+impl ClientContext for ScoringContext {}
+
+impl ConsumerContext for ScoringContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                let assigned: Vec<String> = partitions
+                    .elements()
+                    .iter()
+                    .map(|p| format!("{}[{}]", p.topic(), p.partition()))
+                    .collect();
+                tracing::info!(partitions = ?assigned, "partitions assigned");
+                self.health
+                    .partitions_assigned
+                    .store(!assigned.is_empty(), Ordering::Relaxed);
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(count = partitions.count(), "partitions revoked");
+                self.health.partitions_assigned.store(false, Ordering::Relaxed);
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+}
+
+/// Everything the loop needs; built once by [`Pipeline::new`].
+pub struct Pipeline {
+    settings: Settings,
+    parser: RecordParser,
+    detector: Detector,
+    consumer: StreamConsumer<ScoringContext>,
+    producer: FutureProducer,
+    metrics: Metrics,
+    stats: PipelineStats,
+}
+
+/// One consumed message with what the pipeline decided for it.
+struct Item {
+    message: OwnedMessage,
+    parsed: Result<SensorRecord, RejectReason>,
+}
+
+impl Pipeline {
+    pub fn new(settings: Settings, detector: Detector, metrics: Metrics, health: Arc<Health>) -> Result<Self, PipelineError> {
+        let schema = detector.scorer().meta().features.clone();
+        let parser = RecordParser::new(schema, settings.input.max_message_bytes);
+        let consumer: StreamConsumer<ScoringContext> = kafka::consumer_config(&settings.kafka)
+            .create_with_context(ScoringContext { health: health.clone() })
+            .map_err(|source| PipelineError::Client {
+                client: "consumer",
+                source,
+            })?;
+        let producer = kafka::create_producer(&settings.kafka).map_err(|source| PipelineError::Client {
+            client: "producer",
+            source,
+        })?;
+        let meta = detector.scorer().meta();
+        metrics
+            .model_info
+            .with_label_values(&[
+                meta.model_version.as_str(),
+                &meta.features.names().collect::<Vec<_>>().join(","),
+                &meta.architecture.window.to_string(),
+                &format!("{}", meta.threshold.value),
+            ])
+            .set(1);
+        health.model_loaded.store(true, Ordering::Relaxed);
+        Ok(Self {
+            settings,
+            parser,
+            detector,
+            consumer,
+            producer,
+            metrics,
+            stats: PipelineStats::default(),
+        })
+    }
+
+    /// Runs until `shutdown` turns true, then finishes the batch in hand, flushes the
+    /// producer and commits stored offsets.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<PipelineStats, PipelineError> {
+        let topic = self.settings.kafka.input_topic.clone();
+        self.consumer
+            .subscribe(&[topic.as_str()])
+            .map_err(|source| PipelineError::Subscribe { topic, source })?;
+        tracing::info!(
+            brokers = %self.settings.kafka.brokers,
+            group = %self.settings.kafka.group_id,
+            input = %self.settings.kafka.input_topic,
+            output = %self.settings.kafka.output_topic,
+            model = %self.detector.scorer().meta().model_version,
+            "scoring pipeline started"
+        );
+
+        let max_batch = self.settings.scoring.max_batch;
+        let max_wait = Duration::from_millis(self.settings.scoring.max_wait_ms);
+        let mut batch: Vec<OwnedMessage> = Vec::with_capacity(max_batch);
+        let mut last_consume_error: Option<Instant> = None;
+
+        let result = loop {
+            if *shutdown.borrow() {
+                break Ok(());
+            }
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break Ok(()),
+                message = self.consumer.recv() => message,
+            };
+            match first {
+                Ok(message) => batch.push(message.detach()),
+                Err(error) => {
+                    // librdkafka retries connections itself; log at most once a second.
+                    if last_consume_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                        tracing::warn!(%error, "consume failed; librdkafka keeps retrying");
+                        last_consume_error = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + max_wait;
+            while batch.len() < max_batch {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(Ok(message)) => batch.push(message.detach()),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "consume failed inside a batch");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = self.process_batch(std::mem::take(&mut batch)).await {
+                break Err(error);
+            }
+        };
+
+        self.finish().await;
+        result.map(|_| self.stats)
+    }
+
+    async fn process_batch(&mut self, messages: Vec<OwnedMessage>) -> Result<(), PipelineError> {
+        let items: Vec<Item> = messages
+            .into_iter()
+            .map(|message| {
+                let meta = MessageMeta {
+                    key: message.key(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                };
+                let parsed = self.parser.parse(message.payload().unwrap_or_default(), meta);
+                Item { message, parsed }
+            })
+            .collect();
+
+        // Inference is CPU-bound; block_in_place keeps the other runtime threads (HTTP,
+        // librdkafka callbacks) responsive while it runs.
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let started = Instant::now();
+        let detector = &mut self.detector;
+        let mut assessments = tokio::task::block_in_place(|| {
+            detector.assess(items.iter().filter_map(|item| item.parsed.as_ref().ok()).map(|r| (r, now_ms)))
+        })
+        .into_iter();
+        self.metrics.inference_seconds.observe(started.elapsed().as_secs_f64());
+
+        let mut deliveries = Vec::with_capacity(items.len());
+        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut windows_in_batch = 0u64;
+        let output_topic = self.settings.kafka.output_topic.clone();
+        let deadletter_topic = self.settings.kafka.deadletter_topic.clone();
+
+        for item in &items {
+            let message = &item.message;
+            let outcome = match &item.parsed {
+                Ok(record) => match assessments.next().expect("one assessment per parsed record") {
+                    Ok(assessment) => Ok((record, assessment)),
+                    Err(reason) => Err(reason),
+                },
+                Err(reason) => Err(reason.clone()),
+            };
+            match outcome {
+                Ok((record, assessment)) => {
+                    if assessment.score.is_some() {
+                        windows_in_batch += 1;
+                    }
+                    let verdict = self
+                        .detector
+                        .verdict(record, &assessment, Some(message.partition()), Some(message.offset()));
+                    let payload = serde_json::to_vec(&verdict)?;
+                    let future = self
+                        .send_in_order(FutureRecord::to(&output_topic).key(record.device_id.as_bytes()).payload(&payload))
+                        .await?;
+                    deliveries.push((future, Some((assessment.status, record.ts_ms)), &output_topic));
+                    self.metrics.records_consumed.with_label_values(&["scored"]).inc();
+                }
+                Err(reason) => {
+                    let headers = dead_letter_headers(&reason, message);
+                    let mut record = FutureRecord::to(&deadletter_topic)
+                        .payload(message.payload().unwrap_or_default())
+                        .headers(headers);
+                    if let Some(key) = message.key() {
+                        record = record.key(key);
+                    }
+                    let future = self.send_in_order(record).await?;
+                    deliveries.push((future, None, &deadletter_topic));
+                    self.metrics.records_consumed.with_label_values(&["dead_lettered"]).inc();
+                    self.metrics.dead_letters.with_label_values(&[reason.kind()]).inc();
+                    if self.stats.dead_letters < 10 || self.stats.dead_letters.is_power_of_two() {
+                        tracing::info!(
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            reason = reason.kind(),
+                            detail = %reason,
+                            dead_letters = self.stats.dead_letters + 1,
+                            "record sent to the dead-letter topic"
+                        );
+                    }
+                    self.stats.dead_letters += 1;
+                }
+            }
+            self.stats.consumed += 1;
+            let entry = offsets.entry((message.topic().to_owned(), message.partition())).or_insert(message.offset());
+            *entry = (*entry).max(message.offset());
+        }
+        self.metrics.batch_windows.observe(windows_in_batch as f64);
+
+        for (future, verdict, topic) in deliveries {
+            let delivered = match future.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((source, _))) => Err(source),
+                Err(_canceled) => Err(KafkaError::Canceled),
+            };
+            if let Err(source) = delivered {
+                self.metrics.producer_errors.inc();
+                return Err(PipelineError::Delivery {
+                    topic: topic.clone(),
+                    source,
+                });
+            }
+            if let Some((status, ts_ms)) = verdict {
+                self.stats.verdicts += 1;
+                if status == Status::Anomaly {
+                    self.stats.anomalies += 1;
+                }
+                self.metrics.verdicts.with_label_values(&[status.as_str()]).inc();
+                let latency_ms = chrono::Utc::now().timestamp_millis() - ts_ms;
+                if latency_ms >= 0 {
+                    self.metrics.record_latency_seconds.observe(latency_ms as f64 / 1000.0);
+                }
+            }
+        }
+
+        for ((topic, partition), offset) in offsets {
+            if let Err(error) = self.consumer.store_offset(&topic, partition, offset) {
+                // The partition was revoked by a rebalance while the batch was in
+                // flight; its new owner consumes these records again.
+                tracing::debug!(%topic, partition, offset, %error, "offset not stored");
+            }
+        }
+
+        self.metrics.devices_tracked.set(self.detector.device_count() as i64);
+        let events = self.detector.take_window_events();
+        self.metrics
+            .device_evictions
+            .with_label_values(&["idle"])
+            .inc_by(events.evicted_idle);
+        self.metrics
+            .device_evictions
+            .with_label_values(&["capacity"])
+            .inc_by(events.evicted_capacity);
+        Ok(())
+    }
+
+    /// Enqueues `record`, waiting while librdkafka's queue is full, so messages enter
+    /// the queue in the order they are offered.
+    async fn send_in_order<'a>(
+        &self,
+        mut record: FutureRecord<'a, [u8], [u8]>,
+    ) -> Result<rdkafka::producer::DeliveryFuture, PipelineError> {
+        loop {
+            match self.producer.send_result(record) {
+                Ok(future) => return Ok(future),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((source, returned)) => {
+                    self.metrics.producer_errors.inc();
+                    return Err(PipelineError::Delivery {
+                        topic: returned.topic.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn finish(&self) {
+        if let Err(error) = self.producer.flush(Timeout::After(FLUSH_TIMEOUT)) {
+            tracing::warn!(%error, "producer flush timed out");
+        }
+        match self.consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => {}
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::warn!(%error, "final offset commit failed"),
+        }
+        tracing::info!(
+            consumed = self.stats.consumed,
+            verdicts = self.stats.verdicts,
+            anomalies = self.stats.anomalies,
+            dead_letters = self.stats.dead_letters,
+            "scoring pipeline stopped"
+        );
+    }
+}
+
+fn dead_letter_headers(reason: &RejectReason, message: &OwnedMessage) -> OwnedHeaders {
+    let detail = reason.to_string();
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: HEADER_REASON_KIND,
+            value: Some(reason.kind()),
+        })
+        .insert(Header {
+            key: HEADER_REASON,
+            value: Some(detail.as_str()),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_TOPIC,
+            value: Some(message.topic()),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_PARTITION,
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: HEADER_SOURCE_OFFSET,
+            value: Some(offset.as_str()),
+        })
+}

@@ -1,0 +1,176 @@
+//! Prometheus metrics, the `/metrics` `/healthz` `/readyz` HTTP endpoints and log set-up.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::config::LogFormat;
+
+/// Metric handles; cloning shares the same series.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Records taken from the input topic, by `outcome` (`scored`, `dead_lettered`).
+    pub records_consumed: IntCounterVec,
+    /// Dead letters by `reason`.
+    pub dead_letters: IntCounterVec,
+    /// Verdicts by `status`.
+    pub verdicts: IntCounterVec,
+    /// Windows per inference batch.
+    pub batch_windows: Histogram,
+    pub inference_seconds: Histogram,
+    /// Verdict acknowledged minus record timestamp.
+    pub record_latency_seconds: Histogram,
+    pub devices_tracked: IntGauge,
+    /// Evicted device windows by `cause` (`idle`, `capacity`).
+    pub device_evictions: IntCounterVec,
+    pub producer_errors: IntCounter,
+    /// Constant 1 labelled with the loaded model's version and shape.
+    pub model_info: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("iot_anomaly".into()), None).expect("static prefix is valid");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry.register(Box::new(metric.clone())).expect("metric names are unique");
+            metric
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("static metric definition");
+            registry.register(Box::new(metric.clone())).expect("metric names are unique");
+            metric
+        };
+
+        let records_consumed = counter_vec("records_consumed_total", "Records read from the input topic, by outcome.", &["outcome"]);
+        let dead_letters = counter_vec("dead_letters_total", "Records sent to the dead-letter topic, by reason.", &["reason"]);
+        let verdicts = counter_vec("verdicts_total", "Verdicts published, by status.", &["status"]);
+        let device_evictions = counter_vec("device_evictions_total", "Device windows dropped, by cause.", &["cause"]);
+        let batch_windows = histogram(
+            "inference_batch_windows",
+            "Windows scored per inference batch.",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+        );
+        let inference_seconds = histogram(
+            "inference_duration_seconds",
+            "Time to score one inference batch.",
+            prometheus::exponential_buckets(0.000_05, 2.0, 16).expect("static buckets"),
+        );
+        let record_latency_seconds = histogram(
+            "record_latency_seconds",
+            "Time from the record's timestamp to its verdict being acknowledged.",
+            prometheus::exponential_buckets(0.001, 2.0, 16).expect("static buckets"),
+        );
+        let devices_tracked = IntGauge::new("devices_tracked", "Devices with a window in memory.").expect("static metric definition");
+        registry.register(Box::new(devices_tracked.clone())).expect("metric names are unique");
+        let producer_errors = IntCounter::new("producer_errors_total", "Verdicts or dead letters the broker did not acknowledge.").expect("static metric definition");
+        registry.register(Box::new(producer_errors.clone())).expect("metric names are unique");
+        let model_info = IntGaugeVec::new(
+            Opts::new("model_info", "Loaded model; the value is always 1."),
+            &["version", "features", "window", "threshold"],
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(model_info.clone())).expect("metric names are unique");
+
+        Self {
+            registry,
+            records_consumed,
+            dead_letters,
+            verdicts,
+            batch_windows,
+            inference_seconds,
+            record_latency_seconds,
+            devices_tracked,
+            device_evictions,
+            producer_errors,
+            model_info,
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding of gathered metrics cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Readiness flags behind `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub model_loaded: AtomicBool,
+    pub partitions_assigned: AtomicBool,
+}
+
+impl Health {
+    pub fn is_ready(&self) -> bool {
+        self.model_loaded.load(Ordering::Relaxed) && self.partitions_assigned.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown` resolves.
+pub async fn serve_http(
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(HttpState { metrics, health });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "HTTP endpoints listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+async fn ready_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.health.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: waiting for the model and a partition assignment\n")
+    }
+}
+
+/// Installs the global `tracing` subscriber; `RUST_LOG` overrides `level`.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    // A second call (tests, demo after serve) keeps the first subscriber.
+    drop(result);
+}

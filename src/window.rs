@@ -1,0 +1,311 @@
+//! Per-device sliding windows with bounded memory.
+//!
+//! Each device keeps a ring buffer of its last `W` readings (`W × F` f32 values).
+//! Memory is bounded by `max_devices`: a new device beyond the cap evicts the least
+//! recently seen one, and devices idle for longer than the TTL are dropped. "Now" is
+//! supplied by the caller (wall clock in the service, record time in offline
+//! evaluation), so both paths age devices the same way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::config::{LatePolicy, WindowSettings};
+use crate::record::{RejectReason, SensorRecord};
+
+/// Result of appending one reading to its device's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// The window is not full yet; `filled` readings of `W` are present.
+    WarmingUp { filled: usize },
+    /// The window is full and was copied to the output buffer, oldest reading first.
+    Ready,
+}
+
+/// Counters of state changes, read and reset by [`WindowStore::take_events`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowEvents {
+    pub evicted_idle: u64,
+    pub evicted_capacity: u64,
+    pub gap_resets: u64,
+}
+
+#[derive(Debug)]
+struct DeviceWindow {
+    /// Ring buffer of `W` rows of `F` values; `head` is the next row to write.
+    values: Vec<f32>,
+    head: usize,
+    filled: usize,
+    last_ts_ms: i64,
+    last_seen_ms: i64,
+    /// Key of this device in `WindowStore::recency`.
+    touch: u64,
+    id: Arc<str>,
+}
+
+#[derive(Debug)]
+pub struct WindowStore {
+    window: usize,
+    features: usize,
+    max_devices: usize,
+    idle_ttl_ms: i64,
+    max_gap_ms: i64,
+    late_policy: LatePolicy,
+    devices: HashMap<Arc<str>, DeviceWindow>,
+    /// Devices ordered by last touch; the first entry is the least recently seen.
+    recency: BTreeMap<u64, Arc<str>>,
+    next_touch: u64,
+    events: WindowEvents,
+}
+
+impl WindowStore {
+    pub fn new(window: usize, features: usize, settings: &WindowSettings) -> Self {
+        Self {
+            window,
+            features,
+            max_devices: settings.max_devices.max(1),
+            idle_ttl_ms: i64::try_from(settings.idle_ttl_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+            max_gap_ms: i64::try_from(settings.max_gap_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+            late_policy: settings.late_policy,
+            devices: HashMap::new(),
+            recency: BTreeMap::new(),
+            next_touch: 0,
+            events: WindowEvents::default(),
+        }
+    }
+
+    pub fn window_len(&self) -> usize {
+        self.window
+    }
+
+    pub fn feature_count(&self) -> usize {
+        self.features
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Returns and clears the eviction and reset counters.
+    pub fn take_events(&mut self) -> WindowEvents {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Appends `record` to its device's window. When the window is full, its `W × F`
+    /// values are appended to `out`, oldest reading first.
+    ///
+    /// A record older than the device's last one is rejected as `late` under
+    /// [`LatePolicy::DeadLetter`] and leaves the window unchanged.
+    pub fn push(&mut self, record: &SensorRecord, now_ms: i64, out: &mut Vec<f32>) -> Result<Push, RejectReason> {
+        debug_assert_eq!(record.values.len(), self.features);
+        self.evict_idle(now_ms);
+
+        if !self.devices.contains_key(record.device_id.as_str()) {
+            if self.devices.len() >= self.max_devices {
+                self.evict_least_recent();
+            }
+            let device: Arc<str> = Arc::from(record.device_id.as_str());
+            self.devices.insert(
+                device.clone(),
+                DeviceWindow {
+                    id: device,
+                    values: vec![0.0; self.window * self.features],
+                    head: 0,
+                    filled: 0,
+                    last_ts_ms: i64::MIN,
+                    last_seen_ms: now_ms,
+                    touch: u64::MAX,
+                },
+            );
+        }
+
+        let touch = self.next_touch;
+        let state = self
+            .devices
+            .get_mut(record.device_id.as_str())
+            .expect("device inserted above");
+
+        if record.ts_ms < state.last_ts_ms && self.late_policy == LatePolicy::DeadLetter {
+            return Err(RejectReason::Late {
+                ts_ms: record.ts_ms,
+                last_ts_ms: state.last_ts_ms,
+            });
+        }
+        if self.max_gap_ms > 0 && state.filled > 0 && record.ts_ms.saturating_sub(state.last_ts_ms) > self.max_gap_ms {
+            state.filled = 0;
+            state.head = 0;
+            self.events.gap_resets += 1;
+        }
+
+        let row = state.head * self.features;
+        state.values[row..row + self.features].copy_from_slice(&record.values);
+        state.head = (state.head + 1) % self.window;
+        state.filled = (state.filled + 1).min(self.window);
+        state.last_ts_ms = state.last_ts_ms.max(record.ts_ms);
+        state.last_seen_ms = now_ms;
+
+        self.recency.remove(&state.touch);
+        state.touch = touch;
+        self.recency.insert(touch, state.id.clone());
+        self.next_touch += 1;
+
+        if state.filled < self.window {
+            return Ok(Push::WarmingUp { filled: state.filled });
+        }
+        // Full ring: `head` is the oldest row.
+        let split = state.head * self.features;
+        out.extend_from_slice(&state.values[split..]);
+        out.extend_from_slice(&state.values[..split]);
+        Ok(Push::Ready)
+    }
+
+    fn evict_idle(&mut self, now_ms: i64) {
+        while let Some((_, device)) = self.recency.first_key_value() {
+            let idle = match self.devices.get(device) {
+                Some(state) => now_ms.saturating_sub(state.last_seen_ms) > self.idle_ttl_ms,
+                None => true,
+            };
+            if !idle {
+                break;
+            }
+            let (_, device) = self.recency.pop_first().expect("checked non-empty");
+            self.devices.remove(&device);
+            self.events.evicted_idle += 1;
+        }
+    }
+
+    fn evict_least_recent(&mut self) {
+        if let Some((_, device)) = self.recency.pop_first() {
+            self.devices.remove(&device);
+            self.events.evicted_capacity += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(max_devices: usize) -> WindowSettings {
+        WindowSettings {
+            max_devices,
+            idle_ttl_s: 60,
+            max_gap_s: 0,
+            late_policy: LatePolicy::DeadLetter,
+        }
+    }
+
+    fn reading(device: &str, ts_ms: i64, value: f32) -> SensorRecord {
+        SensorRecord {
+            device_id: device.into(),
+            ts_ms,
+            values: vec![value, value * 10.0],
+        }
+    }
+
+    #[test]
+    fn warm_up_then_ready() {
+        let mut store = WindowStore::new(3, 2, &settings(10));
+        let mut out = Vec::new();
+        assert_eq!(store.push(&reading("a", 1, 1.0), 1, &mut out), Ok(Push::WarmingUp { filled: 1 }));
+        assert_eq!(store.push(&reading("a", 2, 2.0), 2, &mut out), Ok(Push::WarmingUp { filled: 2 }));
+        assert!(out.is_empty());
+        assert_eq!(store.push(&reading("a", 3, 3.0), 3, &mut out), Ok(Push::Ready));
+        assert_eq!(out, vec![1.0, 10.0, 2.0, 20.0, 3.0, 30.0]);
+    }
+
+    #[test]
+    fn window_slides_in_order() {
+        let mut store = WindowStore::new(3, 2, &settings(10));
+        let mut out = Vec::new();
+        for i in 1..=5 {
+            out.clear();
+            store.push(&reading("a", i, i as f32), i, &mut out).unwrap();
+        }
+        assert_eq!(out, vec![3.0, 30.0, 4.0, 40.0, 5.0, 50.0]);
+    }
+
+    #[test]
+    fn interleaved_devices_stay_separate() {
+        let mut store = WindowStore::new(2, 2, &settings(10));
+        let mut out = Vec::new();
+        store.push(&reading("a", 1, 1.0), 1, &mut out).unwrap();
+        store.push(&reading("b", 1, 100.0), 1, &mut out).unwrap();
+        store.push(&reading("c", 1, 7.0), 1, &mut out).unwrap();
+        assert_eq!(store.push(&reading("a", 2, 2.0), 2, &mut out), Ok(Push::Ready));
+        assert_eq!(out, vec![1.0, 10.0, 2.0, 20.0]);
+        out.clear();
+        assert_eq!(store.push(&reading("b", 2, 200.0), 2, &mut out), Ok(Push::Ready));
+        assert_eq!(out, vec![100.0, 1000.0, 200.0, 2000.0]);
+        assert_eq!(store.device_count(), 3);
+    }
+
+    #[test]
+    fn late_record_is_rejected_and_ignored() {
+        let mut store = WindowStore::new(2, 2, &settings(10));
+        let mut out = Vec::new();
+        store.push(&reading("a", 10, 1.0), 10, &mut out).unwrap();
+        let late = store.push(&reading("a", 5, 99.0), 11, &mut out).unwrap_err();
+        assert_eq!(late.kind(), "late");
+        assert_eq!(store.push(&reading("a", 10, 2.0), 12, &mut out), Ok(Push::Ready));
+        assert_eq!(out, vec![1.0, 10.0, 2.0, 20.0]);
+    }
+
+    #[test]
+    fn late_record_accepted_by_policy() {
+        let mut window_settings = settings(10);
+        window_settings.late_policy = LatePolicy::Accept;
+        let mut store = WindowStore::new(2, 2, &window_settings);
+        let mut out = Vec::new();
+        store.push(&reading("a", 10, 1.0), 10, &mut out).unwrap();
+        assert_eq!(store.push(&reading("a", 5, 2.0), 11, &mut out), Ok(Push::Ready));
+    }
+
+    #[test]
+    fn long_gap_restarts_warm_up() {
+        let mut window_settings = settings(10);
+        window_settings.max_gap_s = 5;
+        let mut store = WindowStore::new(2, 2, &window_settings);
+        let mut out = Vec::new();
+        store.push(&reading("a", 0, 1.0), 0, &mut out).unwrap();
+        let after_gap = store.push(&reading("a", 6_000, 2.0), 6_000, &mut out).unwrap();
+        assert_eq!(after_gap, Push::WarmingUp { filled: 1 });
+        assert_eq!(store.take_events().gap_resets, 1);
+    }
+
+    #[test]
+    fn capacity_evicts_least_recent() {
+        let mut store = WindowStore::new(2, 2, &settings(2));
+        let mut out = Vec::new();
+        store.push(&reading("a", 1, 1.0), 1, &mut out).unwrap();
+        store.push(&reading("b", 1, 1.0), 1, &mut out).unwrap();
+        store.push(&reading("a", 2, 1.0), 2, &mut out).unwrap();
+        store.push(&reading("c", 2, 1.0), 2, &mut out).unwrap();
+        assert_eq!(store.device_count(), 2);
+        assert_eq!(store.take_events().evicted_capacity, 1);
+        // "b" was least recently seen, so it starts over; "a" keeps its window.
+        assert_eq!(store.push(&reading("b", 3, 1.0), 3, &mut out), Ok(Push::WarmingUp { filled: 1 }));
+    }
+
+    #[test]
+    fn idle_devices_expire() {
+        let mut store = WindowStore::new(2, 2, &settings(100));
+        let mut out = Vec::new();
+        store.push(&reading("a", 0, 1.0), 0, &mut out).unwrap();
+        store.push(&reading("b", 50_000, 1.0), 50_000, &mut out).unwrap();
+        store.push(&reading("c", 61_000, 1.0), 61_000, &mut out).unwrap();
+        assert_eq!(store.device_count(), 2);
+        assert_eq!(store.take_events().evicted_idle, 1);
+    }
+
+    #[test]
+    fn many_devices_stay_bounded() {
+        let mut store = WindowStore::new(4, 2, &settings(1_000));
+        let mut out = Vec::new();
+        for i in 0..100_000 {
+            store.push(&reading(&format!("device-{i}"), i, 1.0), i, &mut out).unwrap();
+        }
+        assert_eq!(store.device_count(), 1_000);
+        assert_eq!(store.take_events().evicted_capacity, 99_000);
+        assert_eq!(store.recency.len(), 1_000);
+    }
+}
