@@ -236,6 +236,16 @@ pub struct DatasetSettings {
     pub anomaly_windows: Vec<[i64; 2]>,
 }
 
+/// How normal windows are divided into training, validation and calibration sets.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitMethod {
+    /// One cut in time over all normal windows: oldest trains, newest calibrates.
+    Chronological,
+    /// The same cut inside every run of normal windows between two anomalies.
+    PerRun,
+}
+
 /// How the threshold is derived from held-out normal window scores.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -261,6 +271,7 @@ pub struct TrainingSettings {
     /// stopping) and calibration (threshold); the rest trains the model.
     pub validation_fraction: f64,
     pub calibration_fraction: f64,
+    pub split: SplitMethod,
     pub threshold_method: ThresholdMethod,
     pub threshold_quantile: f64,
     pub threshold_multiplier: f64,
@@ -281,6 +292,7 @@ impl Default for TrainingSettings {
             seed: 42,
             validation_fraction: 0.15,
             calibration_fraction: 0.15,
+            split: SplitMethod::PerRun,
             threshold_method: ThresholdMethod::Quantile,
             threshold_quantile: 0.99,
             threshold_multiplier: 1.5,

@@ -37,6 +37,10 @@ impl Detector {
         &self.scorer
     }
 
+    pub fn into_scorer(self) -> Scorer {
+        self.scorer
+    }
+
     pub fn device_count(&self) -> usize {
         self.windows.device_count()
     }

@@ -186,6 +186,40 @@ pub fn evaluate(detector: &mut Detector, series: &LabelledSeries, batch_size: us
     (report, outcomes)
 }
 
+/// Detection quality if the threshold were `threshold`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SweepPoint {
+    pub threshold: f64,
+    #[serde(flatten)]
+    pub metrics: Metrics,
+}
+
+/// Re-judges labelled `outcomes` at `points` thresholds spaced evenly in log scale
+/// between the smallest and largest positive score, so a user can pick an operating
+/// point. Records without a score count as predicted normal, as in [`evaluate`].
+pub fn threshold_sweep(outcomes: &[RecordOutcome], points: usize) -> Vec<SweepPoint> {
+    let positive = || outcomes.iter().filter_map(|o| o.score).filter(|s| *s > 0.0);
+    let (Some(low), Some(high)) = (positive().reduce(f64::min), positive().reduce(f64::max)) else {
+        return Vec::new();
+    };
+    let steps = points.max(2) - 1;
+    (0..=steps)
+        .map(|i| {
+            let threshold = low * (high / low).powf(i as f64 / steps as f64);
+            let mut confusion = Confusion::default();
+            for outcome in outcomes {
+                if let Some(label) = outcome.label {
+                    confusion.add(outcome.score.is_some_and(|s| s > threshold), label);
+                }
+            }
+            SweepPoint {
+                threshold,
+                metrics: Metrics::from(confusion),
+            }
+        })
+        .collect()
+}
+
 impl EvaluationReport {
     /// Human-readable summary, one fact per line.
     pub fn to_text(&self) -> String {

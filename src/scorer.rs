@@ -8,9 +8,10 @@ use crate::verdict::Status;
 /// Reconstruction error of one window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowScore {
-    /// Mean squared error over all steps and features (scaled units).
+    /// Mean of `feature_errors`.
     pub score: f64,
-    /// Mean squared error per feature over the window's steps, in schema order.
+    /// Squared reconstruction error per feature, averaged over the window's steps and
+    /// divided by the feature's typical error on normal data, in schema order.
     pub feature_errors: Vec<f64>,
 }
 
@@ -39,6 +40,11 @@ impl Scorer {
 
     pub fn meta(&self) -> &ModelMeta {
         &self.loaded.meta
+    }
+
+    /// Gives the model back, for example to change its threshold after calibration.
+    pub fn into_model(self) -> LoadedModel {
+        self.loaded
     }
 
     pub fn threshold(&self) -> f64 {
@@ -86,7 +92,11 @@ impl Scorer {
         per_feature
             .chunks_exact(features)
             .map(|errors| {
-                let feature_errors: Vec<f64> = errors.iter().map(|&e| e as f64).collect();
+                let feature_errors: Vec<f64> = errors
+                    .iter()
+                    .zip(&self.loaded.meta.error_scale)
+                    .map(|(&e, scale)| e as f64 / scale)
+                    .collect();
                 let score = feature_errors.iter().sum::<f64>() / features as f64;
                 WindowScore { score, feature_errors }
             })

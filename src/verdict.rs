@@ -31,12 +31,13 @@ pub struct Verdict {
     /// Reading time, RFC 3339 in UTC with milliseconds.
     pub ts: String,
     pub status: Status,
-    /// Mean squared reconstruction error of the window, in scaled units.
+    /// Mean of `feature_errors`; above `threshold` means anomaly.
     pub score: Option<f64>,
     pub threshold: f64,
-    /// Per-feature mean squared reconstruction error over the window.
+    /// Reconstruction error of each feature over the window, relative to its typical
+    /// error on normal training data (1.0 = as usual).
     pub feature_errors: Option<BTreeMap<String, f64>>,
-    /// The feature with the largest reconstruction error.
+    /// The feature with the largest relative reconstruction error.
     pub top_feature: Option<String>,
     pub model_version: String,
     /// Source partition and offset of the record in the input topic.

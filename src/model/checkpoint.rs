@@ -86,6 +86,10 @@ pub struct ModelMeta {
     pub features: FeatureSchema,
     pub architecture: Architecture,
     pub scaler: Scaler,
+    /// Typical squared reconstruction error of each feature on held-out normal
+    /// windows. Each window's per-feature error is divided by it, so a noisy sensor
+    /// does not drown a quiet one: 1.0 means "as large as usual".
+    pub error_scale: Vec<f64>,
     pub threshold: ThresholdInfo,
     pub training: TrainingInfo,
     /// Metrics of the stream-order evaluation run right after training.
@@ -125,6 +129,13 @@ impl ModelMeta {
                 "scaler has {} columns for {} features",
                 self.scaler.len(),
                 self.features.len()
+            )));
+        }
+        if self.error_scale.len() != self.features.len() || self.error_scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(invalid(format!(
+                "error_scale must hold {} positive finite numbers, found {:?}",
+                self.features.len(),
+                self.error_scale
             )));
         }
         if !(self.threshold.value.is_finite() && self.threshold.value > 0.0) {
