@@ -363,7 +363,11 @@ impl Settings {
         }
         let t = &self.training;
         if t.window < 2 {
-            return Err(invalid("training.window", t.window, "use 2 or more records"));
+            return Err(invalid(
+                "training.window",
+                t.window,
+                "use 2 or more records",
+            ));
         }
         if t.hidden_size == 0 || t.num_layers == 0 || t.batch_size == 0 {
             return Err(invalid(
@@ -373,7 +377,11 @@ impl Settings {
             ));
         }
         if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
-            return Err(invalid("training.learning_rate", t.learning_rate, "use a positive number such as 0.001"));
+            return Err(invalid(
+                "training.learning_rate",
+                t.learning_rate,
+                "use a positive number such as 0.001",
+            ));
         }
         let held_out = t.validation_fraction + t.calibration_fraction;
         if !(t.validation_fraction > 0.0 && t.calibration_fraction > 0.0 && held_out < 0.9) {
@@ -384,10 +392,18 @@ impl Settings {
             ));
         }
         if !(t.threshold_quantile > 0.0 && t.threshold_quantile <= 1.0) {
-            return Err(invalid("training.threshold_quantile", t.threshold_quantile, "use a value in (0, 1]"));
+            return Err(invalid(
+                "training.threshold_quantile",
+                t.threshold_quantile,
+                "use a value in (0, 1]",
+            ));
         }
         if !(t.threshold_multiplier > 0.0 && t.threshold_multiplier.is_finite()) {
-            return Err(invalid("training.threshold_multiplier", t.threshold_multiplier, "use a positive number"));
+            return Err(invalid(
+                "training.threshold_multiplier",
+                t.threshold_multiplier,
+                "use a positive number",
+            ));
         }
         for feature in &self.features {
             if let (Some(min), Some(max)) = (feature.min, feature.max) {

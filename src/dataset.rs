@@ -87,13 +87,19 @@ pub struct LabelledSeries {
 
 impl LabelledSeries {
     pub fn anomalous_count(&self) -> usize {
-        self.labels.as_ref().map_or(0, |l| l.iter().filter(|&&x| x).count())
+        self.labels
+            .as_ref()
+            .map_or(0, |l| l.iter().filter(|&&x| x).count())
     }
 }
 
 /// Reads `path`, mapping columns to `schema` by feature name or alias. The separator
 /// is `;` when the header line has `;` and no `,` (SKAB's files), else `,`.
-pub fn load_csv(path: &Path, schema: &FeatureSchema, options: &CsvOptions) -> Result<LabelledSeries, DatasetError> {
+pub fn load_csv(
+    path: &Path,
+    schema: &FeatureSchema,
+    options: &CsvOptions,
+) -> Result<LabelledSeries, DatasetError> {
     let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
         path: path.to_path_buf(),
         source,
@@ -131,15 +137,17 @@ pub fn load_csv(path: &Path, schema: &FeatureSchema, options: &CsvOptions) -> Re
 
     let mut feature_columns = Vec::with_capacity(schema.len());
     for spec in schema.features() {
-        let tried: Vec<String> = std::iter::once(&spec.name).chain(&spec.aliases).cloned().collect();
-        let column = tried
-            .iter()
-            .find_map(|name| find(name))
-            .ok_or_else(|| DatasetError::MissingColumn {
+        let tried: Vec<String> = std::iter::once(&spec.name)
+            .chain(&spec.aliases)
+            .cloned()
+            .collect();
+        let column = tried.iter().find_map(|name| find(name)).ok_or_else(|| {
+            DatasetError::MissingColumn {
                 path: path.to_path_buf(),
                 feature: spec.name.clone(),
                 tried: tried.clone(),
-            })?;
+            }
+        })?;
         feature_columns.push(column);
     }
     let time_column = match &options.time_column {
@@ -147,9 +155,15 @@ pub fn load_csv(path: &Path, schema: &FeatureSchema, options: &CsvOptions) -> Re
         None => TIME_COLUMN_GUESSES.iter().find_map(|name| find(name)),
     };
     let device_column = options.device_column.as_deref().map(require).transpose()?;
-    let label_name = options.label_column.as_deref().unwrap_or(DEFAULT_LABEL_COLUMN);
+    let label_name = options
+        .label_column
+        .as_deref()
+        .unwrap_or(DEFAULT_LABEL_COLUMN);
     let label_column = find(label_name);
-    if options.label_column.is_some() && label_column.is_none() && options.anomaly_windows.is_empty() {
+    if options.label_column.is_some()
+        && label_column.is_none()
+        && options.anomaly_windows.is_empty()
+    {
         require(label_name)?;
     }
 
@@ -171,11 +185,18 @@ pub fn load_csv(path: &Path, schema: &FeatureSchema, options: &CsvOptions) -> Re
                 .parse()
                 .ok()
                 .filter(|v: &f32| v.is_finite())
-                .ok_or_else(|| row_error(format!("{} = {:?} is not a finite number", spec.name, field(column))))?;
+                .ok_or_else(|| {
+                    row_error(format!(
+                        "{} = {:?} is not a finite number",
+                        spec.name,
+                        field(column)
+                    ))
+                })?;
             values.push(value);
         }
         let ts_ms = match time_column {
-            Some(column) => parse_csv_time(field(column)).map_err(|message| row_error(format!("{}: {message}", header[column])))?,
+            Some(column) => parse_csv_time(field(column))
+                .map_err(|message| row_error(format!("{}: {message}", header[column])))?,
             // No time column: one reading per second in file order.
             None => row_index as i64 * 1000,
         };
@@ -187,7 +208,11 @@ pub fn load_csv(path: &Path, schema: &FeatureSchema, options: &CsvOptions) -> Re
             let label = match field(column) {
                 "0" | "0.0" => false,
                 "1" | "1.0" => true,
-                other => return Err(row_error(format!("label {label_name} = {other:?} is not 0 or 1"))),
+                other => {
+                    return Err(row_error(format!(
+                        "label {label_name} = {other:?} is not 0 or 1"
+                    )))
+                }
             };
             column_labels.push(label);
         }
@@ -204,13 +229,19 @@ pub fn load_csv(path: &Path, schema: &FeatureSchema, options: &CsvOptions) -> Re
     }
 
     let (labels, label_source) = if label_column.is_some() {
-        (Some(column_labels), LabelSource::Column(label_name.to_owned()))
+        (
+            Some(column_labels),
+            LabelSource::Column(label_name.to_owned()),
+        )
     } else if !options.anomaly_windows.is_empty() {
         let labels = records
             .iter()
             .map(|r| in_windows(r.ts_ms, &options.anomaly_windows))
             .collect();
-        (Some(labels), LabelSource::AnomalyWindows(options.anomaly_windows.len()))
+        (
+            Some(labels),
+            LabelSource::AnomalyWindows(options.anomaly_windows.len()),
+        )
     } else {
         (None, LabelSource::None)
     };
@@ -229,7 +260,9 @@ pub fn load_csv(path: &Path, schema: &FeatureSchema, options: &CsvOptions) -> Re
 /// published with one-second resolution.
 pub fn in_windows(ts_ms: i64, windows: &[[i64; 2]]) -> bool {
     let seconds = ts_ms.div_euclid(1000);
-    windows.iter().any(|[start, end]| seconds >= *start && seconds <= *end)
+    windows
+        .iter()
+        .any(|[start, end]| seconds >= *start && seconds <= *end)
 }
 
 /// Parses a CSV time cell: Unix seconds or milliseconds, RFC 3339, or
@@ -300,7 +333,12 @@ mod tests {
     fn missing_feature_column_is_named() {
         let file = write("Time,Temperature\n1,2\n");
         let error = load_csv(file.path(), &schema(), &CsvOptions::default()).unwrap_err();
-        assert!(error.to_string().contains("no column for feature \"Light\""), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("no column for feature \"Light\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -127,7 +127,11 @@ pub struct RecordOutcome {
 }
 
 /// Scores `series` in file order, `batch_size` records per inference batch.
-pub fn evaluate(detector: &mut Detector, series: &LabelledSeries, batch_size: usize) -> (EvaluationReport, Vec<RecordOutcome>) {
+pub fn evaluate(
+    detector: &mut Detector,
+    series: &LabelledSeries,
+    batch_size: usize,
+) -> (EvaluationReport, Vec<RecordOutcome>) {
     let mut outcomes = Vec::with_capacity(series.records.len());
     let mut verdicts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut rejected = 0u64;
@@ -227,7 +231,10 @@ impl EvaluationReport {
         let count = |status: &str| self.verdicts.get(status).copied().unwrap_or(0);
         out.push_str(&format!("data          {}\n", self.data));
         out.push_str(&format!("labels        {}\n", self.label_source));
-        out.push_str(&format!("model         {} (threshold {:.5})\n", self.model_version, self.threshold));
+        out.push_str(&format!(
+            "model         {} (threshold {:.5})\n",
+            self.model_version, self.threshold
+        ));
         out.push_str(&format!(
             "records       {} ({} normal, {} anomaly, {} warming_up, {} rejected)\n",
             self.records,
@@ -243,8 +250,14 @@ impl EvaluationReport {
                 m.precision, m.recall, m.f1, m.far, m.mar
             ));
             out.push_str("confusion                 labelled anomaly  labelled normal\n");
-            out.push_str(&format!("  predicted anomaly       {:>16}  {:>15}\n", c.tp, c.fp));
-            out.push_str(&format!("  predicted normal        {:>16}  {:>15}\n", c.fn_, c.tn));
+            out.push_str(&format!(
+                "  predicted anomaly       {:>16}  {:>15}\n",
+                c.tp, c.fp
+            ));
+            out.push_str(&format!(
+                "  predicted normal        {:>16}  {:>15}\n",
+                c.fn_, c.tn
+            ));
         } else {
             out.push_str("metrics       none (the data has no labels)\n");
         }
@@ -275,6 +288,9 @@ mod tests {
     #[test]
     fn empty_confusion_has_zero_rates() {
         let m = Metrics::from(Confusion::default());
-        assert_eq!((m.precision, m.recall, m.f1, m.far, m.mar), (0.0, 0.0, 0.0, 0.0, 0.0));
+        assert_eq!(
+            (m.precision, m.recall, m.f1, m.far, m.mar),
+            (0.0, 0.0, 0.0, 0.0, 0.0)
+        );
     }
 }

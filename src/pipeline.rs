@@ -83,7 +83,9 @@ impl ConsumerContext for ScoringContext {
             }
             Rebalance::Revoke(partitions) => {
                 tracing::info!(count = partitions.count(), "partitions revoked");
-                self.health.partitions_assigned.store(false, Ordering::Relaxed);
+                self.health
+                    .partitions_assigned
+                    .store(false, Ordering::Relaxed);
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
         }
@@ -108,19 +110,27 @@ struct Item {
 }
 
 impl Pipeline {
-    pub fn new(settings: Settings, detector: Detector, metrics: Metrics, health: Arc<Health>) -> Result<Self, PipelineError> {
+    pub fn new(
+        settings: Settings,
+        detector: Detector,
+        metrics: Metrics,
+        health: Arc<Health>,
+    ) -> Result<Self, PipelineError> {
         let schema = detector.scorer().meta().features.clone();
         let parser = RecordParser::new(schema, settings.input.max_message_bytes);
         let consumer: StreamConsumer<ScoringContext> = kafka::consumer_config(&settings.kafka)
-            .create_with_context(ScoringContext { health: health.clone() })
+            .create_with_context(ScoringContext {
+                health: health.clone(),
+            })
             .map_err(|source| PipelineError::Client {
                 client: "consumer",
                 source,
             })?;
-        let producer = kafka::create_producer(&settings.kafka).map_err(|source| PipelineError::Client {
-            client: "producer",
-            source,
-        })?;
+        let producer =
+            kafka::create_producer(&settings.kafka).map_err(|source| PipelineError::Client {
+                client: "producer",
+                source,
+            })?;
         let meta = detector.scorer().meta();
         metrics
             .model_info
@@ -145,7 +155,10 @@ impl Pipeline {
 
     /// Runs until `shutdown` turns true, then finishes the batch in hand, flushes the
     /// producer and commits stored offsets.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<PipelineStats, PipelineError> {
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<PipelineStats, PipelineError> {
         let topic = self.settings.kafka.input_topic.clone();
         self.consumer
             .subscribe(&[topic.as_str()])
@@ -201,7 +214,7 @@ impl Pipeline {
             }
         };
 
-        self.finish().await;
+        self.finish();
         result.map(|_| self.stats)
     }
 
@@ -213,7 +226,9 @@ impl Pipeline {
                     key: message.key(),
                     timestamp_ms: message.timestamp().to_millis(),
                 };
-                let parsed = self.parser.parse(message.payload().unwrap_or_default(), meta);
+                let parsed = self
+                    .parser
+                    .parse(message.payload().unwrap_or_default(), meta);
                 Item { message, parsed }
             })
             .collect();
@@ -224,10 +239,17 @@ impl Pipeline {
         let started = Instant::now();
         let detector = &mut self.detector;
         let mut assessments = tokio::task::block_in_place(|| {
-            detector.assess(items.iter().filter_map(|item| item.parsed.as_ref().ok()).map(|r| (r, now_ms)))
+            detector.assess(
+                items
+                    .iter()
+                    .filter_map(|item| item.parsed.as_ref().ok())
+                    .map(|r| (r, now_ms)),
+            )
         })
         .into_iter();
-        self.metrics.inference_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .inference_seconds
+            .observe(started.elapsed().as_secs_f64());
 
         let mut deliveries = Vec::with_capacity(items.len());
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
@@ -238,7 +260,10 @@ impl Pipeline {
         for item in &items {
             let message = &item.message;
             let outcome = match &item.parsed {
-                Ok(record) => match assessments.next().expect("one assessment per parsed record") {
+                Ok(record) => match assessments
+                    .next()
+                    .expect("one assessment per parsed record")
+                {
                     Ok(assessment) => Ok((record, assessment)),
                     Err(reason) => Err(reason),
                 },
@@ -249,15 +274,30 @@ impl Pipeline {
                     if assessment.score.is_some() {
                         windows_in_batch += 1;
                     }
-                    let verdict = self
-                        .detector
-                        .verdict(record, &assessment, Some(message.partition()), Some(message.offset()));
+                    let verdict = self.detector.verdict(
+                        record,
+                        &assessment,
+                        Some(message.partition()),
+                        Some(message.offset()),
+                    );
                     let payload = serde_json::to_vec(&verdict)?;
-                    let future = self
-                        .send_in_order(FutureRecord::to(&output_topic).key(record.device_id.as_bytes()).payload(&payload))
-                        .await?;
-                    deliveries.push((future, Some((assessment.status, record.ts_ms)), &output_topic));
-                    self.metrics.records_consumed.with_label_values(&["scored"]).inc();
+                    let future = send_in_order(
+                        &self.producer,
+                        &self.metrics,
+                        FutureRecord::to(&output_topic)
+                            .key(record.device_id.as_bytes())
+                            .payload(&payload),
+                    )
+                    .await?;
+                    deliveries.push((
+                        future,
+                        Some((assessment.status, record.ts_ms)),
+                        &output_topic,
+                    ));
+                    self.metrics
+                        .records_consumed
+                        .with_label_values(&["scored"])
+                        .inc();
                 }
                 Err(reason) => {
                     let headers = dead_letter_headers(&reason, message);
@@ -267,10 +307,16 @@ impl Pipeline {
                     if let Some(key) = message.key() {
                         record = record.key(key);
                     }
-                    let future = self.send_in_order(record).await?;
+                    let future = send_in_order(&self.producer, &self.metrics, record).await?;
                     deliveries.push((future, None, &deadletter_topic));
-                    self.metrics.records_consumed.with_label_values(&["dead_lettered"]).inc();
-                    self.metrics.dead_letters.with_label_values(&[reason.kind()]).inc();
+                    self.metrics
+                        .records_consumed
+                        .with_label_values(&["dead_lettered"])
+                        .inc();
+                    self.metrics
+                        .dead_letters
+                        .with_label_values(&[reason.kind()])
+                        .inc();
                     if self.stats.dead_letters < 10 || self.stats.dead_letters.is_power_of_two() {
                         tracing::info!(
                             partition = message.partition(),
@@ -285,7 +331,9 @@ impl Pipeline {
                 }
             }
             self.stats.consumed += 1;
-            let entry = offsets.entry((message.topic().to_owned(), message.partition())).or_insert(message.offset());
+            let entry = offsets
+                .entry((message.topic().to_owned(), message.partition()))
+                .or_insert(message.offset());
             *entry = (*entry).max(message.offset());
         }
         self.metrics.batch_windows.observe(windows_in_batch as f64);
@@ -308,10 +356,15 @@ impl Pipeline {
                 if status == Status::Anomaly {
                     self.stats.anomalies += 1;
                 }
-                self.metrics.verdicts.with_label_values(&[status.as_str()]).inc();
+                self.metrics
+                    .verdicts
+                    .with_label_values(&[status.as_str()])
+                    .inc();
                 let latency_ms = chrono::Utc::now().timestamp_millis() - ts_ms;
                 if latency_ms >= 0 {
-                    self.metrics.record_latency_seconds.observe(latency_ms as f64 / 1000.0);
+                    self.metrics
+                        .record_latency_seconds
+                        .observe(latency_ms as f64 / 1000.0);
                 }
             }
         }
@@ -324,7 +377,9 @@ impl Pipeline {
             }
         }
 
-        self.metrics.devices_tracked.set(self.detector.device_count() as i64);
+        self.metrics
+            .devices_tracked
+            .set(self.detector.device_count() as i64);
         let events = self.detector.take_window_events();
         self.metrics
             .device_evictions
@@ -336,36 +391,43 @@ impl Pipeline {
             .inc_by(events.evicted_capacity);
         Ok(())
     }
+}
 
-    /// Enqueues `record`, waiting while librdkafka's queue is full, so messages enter
-    /// the queue in the order they are offered.
-    async fn send_in_order<'a>(
-        &self,
-        mut record: FutureRecord<'a, [u8], [u8]>,
-    ) -> Result<rdkafka::producer::DeliveryFuture, PipelineError> {
-        loop {
-            match self.producer.send_result(record) {
-                Ok(future) => return Ok(future),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((source, returned)) => {
-                    self.metrics.producer_errors.inc();
-                    return Err(PipelineError::Delivery {
-                        topic: returned.topic.to_owned(),
-                        source,
-                    });
-                }
+/// Enqueues `record`, waiting while librdkafka's queue is full, so messages enter the
+/// queue in the order they are offered. A free function so the pipeline (whose model
+/// tensors are not `Sync`) is not borrowed across the wait.
+async fn send_in_order(
+    producer: &FutureProducer,
+    metrics: &Metrics,
+    mut record: FutureRecord<'_, [u8], [u8]>,
+) -> Result<rdkafka::producer::DeliveryFuture, PipelineError> {
+    loop {
+        match producer.send_result(record) {
+            Ok(future) => return Ok(future),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((source, returned)) => {
+                metrics.producer_errors.inc();
+                return Err(PipelineError::Delivery {
+                    topic: returned.topic.to_owned(),
+                    source,
+                });
             }
         }
     }
+}
 
-    async fn finish(&self) {
+impl Pipeline {
+    fn finish(&self) {
         if let Err(error) = self.producer.flush(Timeout::After(FLUSH_TIMEOUT)) {
             tracing::warn!(%error, "producer flush timed out");
         }
-        match self.consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        match self
+            .consumer
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        {
             Ok(()) => {}
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(%error, "final offset commit failed"),

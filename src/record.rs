@@ -119,7 +119,11 @@ impl RecordParser {
     ///
     /// Device id: payload `device_id`, else the message key, else [`DEFAULT_DEVICE_ID`].
     /// Time: payload `ts`, else the Kafka timestamp, else the current time.
-    pub fn parse(&self, payload: &[u8], meta: MessageMeta<'_>) -> Result<SensorRecord, RejectReason> {
+    pub fn parse(
+        &self,
+        payload: &[u8],
+        meta: MessageMeta<'_>,
+    ) -> Result<SensorRecord, RejectReason> {
         if payload.is_empty() || payload.iter().all(u8::is_ascii_whitespace) {
             return Err(RejectReason::Empty);
         }
@@ -129,7 +133,8 @@ impl RecordParser {
                 max: self.max_message_bytes,
             });
         }
-        let text = std::str::from_utf8(payload).map_err(|e| RejectReason::InvalidUtf8(e.to_string()))?;
+        let text =
+            std::str::from_utf8(payload).map_err(|e| RejectReason::InvalidUtf8(e.to_string()))?;
 
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let raw = RawRecordSeed {
@@ -182,7 +187,10 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn resolve_device_id(from_payload: Option<String>, key: Option<&[u8]>) -> Result<String, RejectReason> {
+fn resolve_device_id(
+    from_payload: Option<String>,
+    key: Option<&[u8]>,
+) -> Result<String, RejectReason> {
     let id = match (from_payload, key) {
         (Some(id), _) => id,
         (None, Some(key)) if !key.is_empty() => std::str::from_utf8(key)
@@ -200,7 +208,9 @@ fn resolve_device_id(from_payload: Option<String>, key: Option<&[u8]>) -> Result
         )));
     }
     if id.chars().any(char::is_control) {
-        return Err(RejectReason::InvalidDeviceId("contains control characters".into()));
+        return Err(RejectReason::InvalidDeviceId(
+            "contains control characters".into(),
+        ));
     }
     Ok(id)
 }
@@ -212,7 +222,11 @@ pub fn parse_timestamp_text(text: &str) -> Result<i64, RejectReason> {
     }
     chrono::DateTime::parse_from_rfc3339(text.trim())
         .map(|t| t.timestamp_millis())
-        .map_err(|e| RejectReason::InvalidTimestamp(format!("{text:?} is neither RFC 3339 nor a Unix time ({e})")))
+        .map_err(|e| {
+            RejectReason::InvalidTimestamp(format!(
+                "{text:?} is neither RFC 3339 nor a Unix time ({e})"
+            ))
+        })
 }
 
 fn unix_number_to_ms(number: f64) -> Result<i64, RejectReason> {
@@ -221,10 +235,16 @@ fn unix_number_to_ms(number: f64) -> Result<i64, RejectReason> {
             "{number} is not a non-negative Unix time"
         )));
     }
-    let ms = if number >= MILLIS_CUTOFF { number } else { number * 1000.0 };
+    let ms = if number >= MILLIS_CUTOFF {
+        number
+    } else {
+        number * 1000.0
+    };
     // Year 9999 in milliseconds; beyond it RFC 3339 output cannot represent the time.
     if ms > 253_402_300_799_999.0 {
-        return Err(RejectReason::InvalidTimestamp(format!("{number} is beyond the year 9999")));
+        return Err(RejectReason::InvalidTimestamp(format!(
+            "{number} is beyond the year 9999"
+        )));
     }
     Ok(ms.round() as i64)
 }
@@ -328,7 +348,9 @@ impl<'de> Visitor<'de> for RawRecordSeed<'_> {
                     let feature = &self.schema.features()[index].name;
                     match value {
                         Scalar::Number(n) => raw.values[index] = Some(n),
-                        Scalar::Null => problem = Some(RejectReason::MissingFeature(feature.clone())),
+                        Scalar::Null => {
+                            problem = Some(RejectReason::MissingFeature(feature.clone()))
+                        }
                         other => {
                             problem = Some(RejectReason::NonNumeric {
                                 feature: feature.clone(),
@@ -499,7 +521,9 @@ mod tests {
     }
 
     fn reject(payload: &str) -> RejectReason {
-        parser().parse(payload.as_bytes(), MessageMeta::default()).unwrap_err()
+        parser()
+            .parse(payload.as_bytes(), MessageMeta::default())
+            .unwrap_err()
     }
 
     const SEED_LINES: [&str; 5] = [
@@ -530,7 +554,9 @@ mod tests {
     fn canonical_names_and_metadata() {
         let payload = r#"{"device_id": "sala-204", "ts": "2026-12-04T19:00:00Z", "Temperature": 25.1,
             "Humidity": 60.5, "Air Quality": 75, "Light": 628.0, "Loudness": 145.0, "battery": "low"}"#;
-        let record = parser().parse(payload.as_bytes(), MessageMeta::default()).unwrap();
+        let record = parser()
+            .parse(payload.as_bytes(), MessageMeta::default())
+            .unwrap();
         assert_eq!(record.device_id, "sala-204");
         assert_eq!(record.ts_ms, 1_796_410_800_000);
     }
@@ -551,9 +577,24 @@ mod tests {
         let millis = SEED_LINES[0].replace('}', r#", "ts": 1623781306000}"#);
         let text = SEED_LINES[0].replace('}', r#", "ts": "1623781306.5"}"#);
         let p = parser();
-        assert_eq!(p.parse(seconds.as_bytes(), MessageMeta::default()).unwrap().ts_ms, 1_623_781_306_000);
-        assert_eq!(p.parse(millis.as_bytes(), MessageMeta::default()).unwrap().ts_ms, 1_623_781_306_000);
-        assert_eq!(p.parse(text.as_bytes(), MessageMeta::default()).unwrap().ts_ms, 1_623_781_306_500);
+        assert_eq!(
+            p.parse(seconds.as_bytes(), MessageMeta::default())
+                .unwrap()
+                .ts_ms,
+            1_623_781_306_000
+        );
+        assert_eq!(
+            p.parse(millis.as_bytes(), MessageMeta::default())
+                .unwrap()
+                .ts_ms,
+            1_623_781_306_000
+        );
+        assert_eq!(
+            p.parse(text.as_bytes(), MessageMeta::default())
+                .unwrap()
+                .ts_ms,
+            1_623_781_306_500
+        );
     }
 
     #[test]
@@ -565,8 +606,14 @@ mod tests {
             (r#"{"temperatura": 25.1,"#.into(), "invalid_json"),
             ("[1, 2, 3]".into(), "not_an_object"),
             ("42".into(), "not_an_object"),
-            (SEED_LINES[0].replace(r#""som": 145.0"#, r#""som": 145.0, "luz": 1.0"#), "duplicate_key"),
-            (SEED_LINES[0].replace(r#", "som": 145.0"#, ""), "missing_feature"),
+            (
+                SEED_LINES[0].replace(r#""som": 145.0"#, r#""som": 145.0, "luz": 1.0"#),
+                "duplicate_key",
+            ),
+            (
+                SEED_LINES[0].replace(r#", "som": 145.0"#, ""),
+                "missing_feature",
+            ),
             (SEED_LINES[0].replace("145.0", "null"), "missing_feature"),
             (SEED_LINES[0].replace("145.0", r#""145.0""#), "non_numeric"),
             (SEED_LINES[0].replace("145.0", "[145.0]"), "non_numeric"),
@@ -574,13 +621,31 @@ mod tests {
             (SEED_LINES[0].replace("145.0", "1e400"), "invalid_json"),
             (SEED_LINES[0].replace("145.0", "1e300"), "non_finite"),
             (SEED_LINES[0].replace("60.5", "160.5"), "out_of_range"),
-            (SEED_LINES[0].replace('}', r#", "device_id": 7}"#), "invalid_device_id"),
-            (SEED_LINES[0].replace('}', r#", "device_id": ""}"#), "invalid_device_id"),
-            (SEED_LINES[0].replace('}', r#", "ts": "yesterday"}"#), "invalid_timestamp"),
-            (SEED_LINES[0].replace('}', r#", "ts": -5}"#), "invalid_timestamp"),
+            (
+                SEED_LINES[0].replace('}', r#", "device_id": 7}"#),
+                "invalid_device_id",
+            ),
+            (
+                SEED_LINES[0].replace('}', r#", "device_id": ""}"#),
+                "invalid_device_id",
+            ),
+            (
+                SEED_LINES[0].replace('}', r#", "ts": "yesterday"}"#),
+                "invalid_timestamp",
+            ),
+            (
+                SEED_LINES[0].replace('}', r#", "ts": -5}"#),
+                "invalid_timestamp",
+            ),
             (format!("{} trailing", SEED_LINES[0]), "invalid_json"),
-            (format!("{}{}", "[".repeat(200), "]".repeat(200)), "not_an_object"),
-            (format!("{{\"som\": {}1{}}}", "[".repeat(200), "]".repeat(200)), "non_numeric"),
+            (
+                format!("{}{}", "[".repeat(200), "]".repeat(200)),
+                "not_an_object",
+            ),
+            (
+                format!("{{\"som\": {}1{}}}", "[".repeat(200), "]".repeat(200)),
+                "non_numeric",
+            ),
         ];
         for (payload, kind) in cases {
             let reason = reject(&payload);

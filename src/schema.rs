@@ -16,7 +16,9 @@ pub enum SchemaError {
         first: String,
         second: String,
     },
-    #[error("the name {name:?} is reserved for record metadata; rename the feature or drop the alias")]
+    #[error(
+        "the name {name:?} is reserved for record metadata; rename the feature or drop the alias"
+    )]
     Reserved { name: String },
 }
 

@@ -78,14 +78,18 @@ impl Scorer {
 
         let arch = self.loaded.meta.architecture;
         let (per_feature, features) = tch::no_grad(|| {
-            let input = Tensor::from_slice(windows).view([count as i64, arch.window, arch.features]);
+            let input =
+                Tensor::from_slice(windows).view([count as i64, arch.window, arch.features]);
             let reconstruction = self.loaded.model.forward(&input);
             // [B, W, F] → mean over steps → [B, F]
             let errors = (reconstruction - &input)
                 .square()
                 .mean_dim(1, false, Kind::Float)
                 .contiguous();
-            (Vec::<f32>::try_from(errors.view([-1])), arch.features as usize)
+            (
+                Vec::<f32>::try_from(errors.view([-1])),
+                arch.features as usize,
+            )
         });
         let per_feature = per_feature.expect("a contiguous float tensor converts to Vec<f32>");
 
@@ -98,7 +102,10 @@ impl Scorer {
                     .map(|(&e, scale)| e as f64 / scale)
                     .collect();
                 let score = feature_errors.iter().sum::<f64>() / features as f64;
-                WindowScore { score, feature_errors }
+                WindowScore {
+                    score,
+                    feature_errors,
+                }
             })
             .collect()
     }

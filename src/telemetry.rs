@@ -9,7 +9,10 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 use crate::config::LogFormat;
 
@@ -38,26 +41,51 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("iot_anomaly".into()), None).expect("static prefix is valid");
+        let registry =
+            Registry::new_custom(Some("iot_anomaly".into()), None).expect("static prefix is valid");
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(metric.clone())).expect("metric names are unique");
+            let metric = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique");
             metric
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("static metric definition");
-            registry.register(Box::new(metric.clone())).expect("metric names are unique");
+            let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("static metric definition");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique");
             metric
         };
 
-        let records_consumed = counter_vec("records_consumed_total", "Records read from the input topic, by outcome.", &["outcome"]);
-        let dead_letters = counter_vec("dead_letters_total", "Records sent to the dead-letter topic, by reason.", &["reason"]);
-        let verdicts = counter_vec("verdicts_total", "Verdicts published, by status.", &["status"]);
-        let device_evictions = counter_vec("device_evictions_total", "Device windows dropped, by cause.", &["cause"]);
+        let records_consumed = counter_vec(
+            "records_consumed_total",
+            "Records read from the input topic, by outcome.",
+            &["outcome"],
+        );
+        let dead_letters = counter_vec(
+            "dead_letters_total",
+            "Records sent to the dead-letter topic, by reason.",
+            &["reason"],
+        );
+        let verdicts = counter_vec(
+            "verdicts_total",
+            "Verdicts published, by status.",
+            &["status"],
+        );
+        let device_evictions = counter_vec(
+            "device_evictions_total",
+            "Device windows dropped, by cause.",
+            &["cause"],
+        );
         let batch_windows = histogram(
             "inference_batch_windows",
             "Windows scored per inference batch.",
-            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+            vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ],
         );
         let inference_seconds = histogram(
             "inference_duration_seconds",
@@ -69,16 +97,27 @@ impl Metrics {
             "Time from the record's timestamp to its verdict being acknowledged.",
             prometheus::exponential_buckets(0.001, 2.0, 16).expect("static buckets"),
         );
-        let devices_tracked = IntGauge::new("devices_tracked", "Devices with a window in memory.").expect("static metric definition");
-        registry.register(Box::new(devices_tracked.clone())).expect("metric names are unique");
-        let producer_errors = IntCounter::new("producer_errors_total", "Verdicts or dead letters the broker did not acknowledge.").expect("static metric definition");
-        registry.register(Box::new(producer_errors.clone())).expect("metric names are unique");
+        let devices_tracked = IntGauge::new("devices_tracked", "Devices with a window in memory.")
+            .expect("static metric definition");
+        registry
+            .register(Box::new(devices_tracked.clone()))
+            .expect("metric names are unique");
+        let producer_errors = IntCounter::new(
+            "producer_errors_total",
+            "Verdicts or dead letters the broker did not acknowledge.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(producer_errors.clone()))
+            .expect("metric names are unique");
         let model_info = IntGaugeVec::new(
             Opts::new("model_info", "Loaded model; the value is always 1."),
             &["version", "features", "window", "threshold"],
         )
         .expect("static metric definition");
-        registry.register(Box::new(model_info.clone())).expect("metric names are unique");
+        registry
+            .register(Box::new(model_info.clone()))
+            .expect("metric names are unique");
 
         Self {
             registry,
@@ -120,7 +159,8 @@ pub struct Health {
 
 impl Health {
     pub fn is_ready(&self) -> bool {
-        self.model_loaded.load(Ordering::Relaxed) && self.partitions_assigned.load(Ordering::Relaxed)
+        self.model_loaded.load(Ordering::Relaxed)
+            && self.partitions_assigned.load(Ordering::Relaxed)
     }
 }
 
@@ -144,12 +184,17 @@ pub async fn serve_http(
         .with_state(HttpState { metrics, health });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "HTTP endpoints listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -158,7 +203,10 @@ async fn ready_handler(State(state): State<HttpState>) -> impl IntoResponse {
     if state.health.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: waiting for the model and a partition assignment\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for the model and a partition assignment\n",
+        )
     }
 }
 
@@ -166,7 +214,9 @@ async fn ready_handler(State(state): State<HttpState>) -> impl IntoResponse {
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -63,7 +63,8 @@ impl WindowStore {
             window,
             features,
             max_devices: settings.max_devices.max(1),
-            idle_ttl_ms: i64::try_from(settings.idle_ttl_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+            idle_ttl_ms: i64::try_from(settings.idle_ttl_s.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
             max_gap_ms: i64::try_from(settings.max_gap_s.saturating_mul(1000)).unwrap_or(i64::MAX),
             late_policy: settings.late_policy,
             devices: HashMap::new(),
@@ -95,7 +96,12 @@ impl WindowStore {
     ///
     /// A record older than the device's last one is rejected as `late` under
     /// [`LatePolicy::DeadLetter`] and leaves the window unchanged.
-    pub fn push(&mut self, record: &SensorRecord, now_ms: i64, out: &mut Vec<f32>) -> Result<Push, RejectReason> {
+    pub fn push(
+        &mut self,
+        record: &SensorRecord,
+        now_ms: i64,
+        out: &mut Vec<f32>,
+    ) -> Result<Push, RejectReason> {
         debug_assert_eq!(record.values.len(), self.features);
         self.evict_idle(now_ms);
 
@@ -130,7 +136,10 @@ impl WindowStore {
                 last_ts_ms: state.last_ts_ms,
             });
         }
-        if self.max_gap_ms > 0 && state.filled > 0 && record.ts_ms.saturating_sub(state.last_ts_ms) > self.max_gap_ms {
+        if self.max_gap_ms > 0
+            && state.filled > 0
+            && record.ts_ms.saturating_sub(state.last_ts_ms) > self.max_gap_ms
+        {
             state.filled = 0;
             state.head = 0;
             self.events.gap_resets += 1;
@@ -149,7 +158,9 @@ impl WindowStore {
         self.next_touch += 1;
 
         if state.filled < self.window {
-            return Ok(Push::WarmingUp { filled: state.filled });
+            return Ok(Push::WarmingUp {
+                filled: state.filled,
+            });
         }
         // Full ring: `head` is the oldest row.
         let split = state.head * self.features;
@@ -206,10 +217,19 @@ mod tests {
     fn warm_up_then_ready() {
         let mut store = WindowStore::new(3, 2, &settings(10));
         let mut out = Vec::new();
-        assert_eq!(store.push(&reading("a", 1, 1.0), 1, &mut out), Ok(Push::WarmingUp { filled: 1 }));
-        assert_eq!(store.push(&reading("a", 2, 2.0), 2, &mut out), Ok(Push::WarmingUp { filled: 2 }));
+        assert_eq!(
+            store.push(&reading("a", 1, 1.0), 1, &mut out),
+            Ok(Push::WarmingUp { filled: 1 })
+        );
+        assert_eq!(
+            store.push(&reading("a", 2, 2.0), 2, &mut out),
+            Ok(Push::WarmingUp { filled: 2 })
+        );
         assert!(out.is_empty());
-        assert_eq!(store.push(&reading("a", 3, 3.0), 3, &mut out), Ok(Push::Ready));
+        assert_eq!(
+            store.push(&reading("a", 3, 3.0), 3, &mut out),
+            Ok(Push::Ready)
+        );
         assert_eq!(out, vec![1.0, 10.0, 2.0, 20.0, 3.0, 30.0]);
     }
 
@@ -231,10 +251,16 @@ mod tests {
         store.push(&reading("a", 1, 1.0), 1, &mut out).unwrap();
         store.push(&reading("b", 1, 100.0), 1, &mut out).unwrap();
         store.push(&reading("c", 1, 7.0), 1, &mut out).unwrap();
-        assert_eq!(store.push(&reading("a", 2, 2.0), 2, &mut out), Ok(Push::Ready));
+        assert_eq!(
+            store.push(&reading("a", 2, 2.0), 2, &mut out),
+            Ok(Push::Ready)
+        );
         assert_eq!(out, vec![1.0, 10.0, 2.0, 20.0]);
         out.clear();
-        assert_eq!(store.push(&reading("b", 2, 200.0), 2, &mut out), Ok(Push::Ready));
+        assert_eq!(
+            store.push(&reading("b", 2, 200.0), 2, &mut out),
+            Ok(Push::Ready)
+        );
         assert_eq!(out, vec![100.0, 1000.0, 200.0, 2000.0]);
         assert_eq!(store.device_count(), 3);
     }
@@ -244,9 +270,14 @@ mod tests {
         let mut store = WindowStore::new(2, 2, &settings(10));
         let mut out = Vec::new();
         store.push(&reading("a", 10, 1.0), 10, &mut out).unwrap();
-        let late = store.push(&reading("a", 5, 99.0), 11, &mut out).unwrap_err();
+        let late = store
+            .push(&reading("a", 5, 99.0), 11, &mut out)
+            .unwrap_err();
         assert_eq!(late.kind(), "late");
-        assert_eq!(store.push(&reading("a", 10, 2.0), 12, &mut out), Ok(Push::Ready));
+        assert_eq!(
+            store.push(&reading("a", 10, 2.0), 12, &mut out),
+            Ok(Push::Ready)
+        );
         assert_eq!(out, vec![1.0, 10.0, 2.0, 20.0]);
     }
 
@@ -257,7 +288,10 @@ mod tests {
         let mut store = WindowStore::new(2, 2, &window_settings);
         let mut out = Vec::new();
         store.push(&reading("a", 10, 1.0), 10, &mut out).unwrap();
-        assert_eq!(store.push(&reading("a", 5, 2.0), 11, &mut out), Ok(Push::Ready));
+        assert_eq!(
+            store.push(&reading("a", 5, 2.0), 11, &mut out),
+            Ok(Push::Ready)
+        );
     }
 
     #[test]
@@ -267,7 +301,9 @@ mod tests {
         let mut store = WindowStore::new(2, 2, &window_settings);
         let mut out = Vec::new();
         store.push(&reading("a", 0, 1.0), 0, &mut out).unwrap();
-        let after_gap = store.push(&reading("a", 6_000, 2.0), 6_000, &mut out).unwrap();
+        let after_gap = store
+            .push(&reading("a", 6_000, 2.0), 6_000, &mut out)
+            .unwrap();
         assert_eq!(after_gap, Push::WarmingUp { filled: 1 });
         assert_eq!(store.take_events().gap_resets, 1);
     }
@@ -283,7 +319,10 @@ mod tests {
         assert_eq!(store.device_count(), 2);
         assert_eq!(store.take_events().evicted_capacity, 1);
         // "b" was least recently seen, so it starts over; "a" keeps its window.
-        assert_eq!(store.push(&reading("b", 3, 1.0), 3, &mut out), Ok(Push::WarmingUp { filled: 1 }));
+        assert_eq!(
+            store.push(&reading("b", 3, 1.0), 3, &mut out),
+            Ok(Push::WarmingUp { filled: 1 })
+        );
     }
 
     #[test]
@@ -291,8 +330,12 @@ mod tests {
         let mut store = WindowStore::new(2, 2, &settings(100));
         let mut out = Vec::new();
         store.push(&reading("a", 0, 1.0), 0, &mut out).unwrap();
-        store.push(&reading("b", 50_000, 1.0), 50_000, &mut out).unwrap();
-        store.push(&reading("c", 61_000, 1.0), 61_000, &mut out).unwrap();
+        store
+            .push(&reading("b", 50_000, 1.0), 50_000, &mut out)
+            .unwrap();
+        store
+            .push(&reading("c", 61_000, 1.0), 61_000, &mut out)
+            .unwrap();
         assert_eq!(store.device_count(), 2);
         assert_eq!(store.take_events().evicted_idle, 1);
     }
@@ -302,7 +345,9 @@ mod tests {
         let mut store = WindowStore::new(4, 2, &settings(1_000));
         let mut out = Vec::new();
         for i in 0..100_000 {
-            store.push(&reading(&format!("device-{i}"), i, 1.0), i, &mut out).unwrap();
+            store
+                .push(&reading(&format!("device-{i}"), i, 1.0), i, &mut out)
+                .unwrap();
         }
         assert_eq!(store.device_count(), 1_000);
         assert_eq!(store.take_events().evicted_capacity, 99_000);

@@ -41,7 +41,12 @@ impl LstmAutoencoder {
         };
         let encoder = nn::lstm(path / "encoder", arch.features, arch.hidden_size, rnn);
         let decoder = nn::lstm(path / "decoder", arch.hidden_size, arch.hidden_size, rnn);
-        let output = nn::linear(path / "output", arch.hidden_size, arch.features, Default::default());
+        let output = nn::linear(
+            path / "output",
+            arch.hidden_size,
+            arch.features,
+            Default::default(),
+        );
         Self {
             encoder,
             decoder,

@@ -35,7 +35,10 @@ pub enum CheckpointError {
     #[error("invalid {path}: {message}; retrain the model or restore the file")]
     Invalid { path: PathBuf, message: String },
     #[error("cannot load weights from {path}: {source}; the file does not match model.json, retrain the model")]
-    Weights { path: PathBuf, source: tch::TchError },
+    Weights {
+        path: PathBuf,
+        source: tch::TchError,
+    },
     #[error("cannot write checkpoint to {path}: {message}")]
     Write { path: PathBuf, message: String },
 }
@@ -119,7 +122,9 @@ impl ModelMeta {
             )));
         }
         if arch.window < 2 || arch.hidden_size < 1 || arch.num_layers < 1 {
-            return Err(invalid(format!("architecture {arch:?} has a non-positive size")));
+            return Err(invalid(format!(
+                "architecture {arch:?} has a non-positive size"
+            )));
         }
         self.scaler
             .validate()
@@ -131,7 +136,12 @@ impl ModelMeta {
                 self.features.len()
             )));
         }
-        if self.error_scale.len() != self.features.len() || self.error_scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        if self.error_scale.len() != self.features.len()
+            || self
+                .error_scale
+                .iter()
+                .any(|s| !(s.is_finite() && *s > 0.0))
+        {
             return Err(invalid(format!(
                 "error_scale must hold {} positive finite numbers, found {:?}",
                 self.features.len(),
@@ -158,7 +168,11 @@ pub struct LoadedModel {
 }
 
 /// Writes weights (safetensors and TorchScript) and then `model.json` into `dir`.
-pub fn save_checkpoint(dir: &Path, vars: &nn::VarStore, meta: &ModelMeta) -> Result<(), CheckpointError> {
+pub fn save_checkpoint(
+    dir: &Path,
+    vars: &nn::VarStore,
+    meta: &ModelMeta,
+) -> Result<(), CheckpointError> {
     let write_error = |path: &Path, message: String| CheckpointError::Write {
         path: path.to_path_buf(),
         message,
@@ -166,14 +180,16 @@ pub fn save_checkpoint(dir: &Path, vars: &nn::VarStore, meta: &ModelMeta) -> Res
     std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e.to_string()))?;
 
     let weights = dir.join(WEIGHTS_FILE);
-    vars.save(&weights).map_err(|e| write_error(&weights, e.to_string()))?;
+    vars.save(&weights)
+        .map_err(|e| write_error(&weights, e.to_string()))?;
     let torchscript = dir.join(TORCHSCRIPT_FILE);
     vars.save(&torchscript)
         .map_err(|e| write_error(&torchscript, e.to_string()))?;
 
     let meta_path = dir.join(META_FILE);
     let staging = dir.join(format!("{META_FILE}.tmp"));
-    let json = serde_json::to_vec_pretty(meta).map_err(|e| write_error(&meta_path, e.to_string()))?;
+    let json =
+        serde_json::to_vec_pretty(meta).map_err(|e| write_error(&meta_path, e.to_string()))?;
     std::fs::write(&staging, json).map_err(|e| write_error(&staging, e.to_string()))?;
     std::fs::rename(&staging, &meta_path).map_err(|e| write_error(&meta_path, e.to_string()))?;
     Ok(())
@@ -208,7 +224,10 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedModel, CheckpointError> {
     let mut vars = nn::VarStore::new(Device::Cpu);
     let model = LstmAutoencoder::new(&vars.root(), meta.architecture);
     vars.load(&weights)
-        .map_err(|source| CheckpointError::Weights { path: weights, source })?;
+        .map_err(|source| CheckpointError::Weights {
+            path: weights,
+            source,
+        })?;
     vars.freeze();
     Ok(LoadedModel { meta, model, vars })
 }

@@ -36,7 +36,11 @@ impl Scaler {
         let std = m2
             .iter()
             .map(|&m| {
-                let std = if count > 1 { (m / (count - 1) as f64).sqrt() } else { 0.0 };
+                let std = if count > 1 {
+                    (m / (count - 1) as f64).sqrt()
+                } else {
+                    0.0
+                };
                 if std < MIN_STD {
                     1.0
                 } else {
@@ -68,7 +72,11 @@ impl Scaler {
     /// Checks that the stored numbers can be used.
     pub fn validate(&self) -> Result<(), String> {
         if self.mean.len() != self.std.len() {
-            return Err(format!("{} means but {} standard deviations", self.mean.len(), self.std.len()));
+            return Err(format!(
+                "{} means but {} standard deviations",
+                self.mean.len(),
+                self.std.len()
+            ));
         }
         if self.mean.iter().any(|m| !m.is_finite()) {
             return Err("a mean is not finite".into());

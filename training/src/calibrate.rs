@@ -42,7 +42,9 @@ pub fn threshold(scores: &[f64], settings: &TrainingSettings) -> anyhow::Result<
         settings.window
     );
     let value = match settings.threshold_method {
-        ThresholdMethod::Quantile => settings.threshold_multiplier * quantile(scores, settings.threshold_quantile),
+        ThresholdMethod::Quantile => {
+            settings.threshold_multiplier * quantile(scores, settings.threshold_quantile)
+        }
     };
     anyhow::ensure!(
         value.is_finite() && value > 0.0,

@@ -97,9 +97,16 @@ struct DeviceRun {
 /// Splits windows in time order: the first part trains, the next validates (early
 /// stopping), the last calibrates the threshold. No shuffling, so no held-out window
 /// precedes a training window.
-pub fn split_chronologically(set: &WindowSet, per_window: usize, validation_fraction: f64, calibration_fraction: f64) -> Split {
+pub fn split_chronologically(
+    set: &WindowSet,
+    per_window: usize,
+    validation_fraction: f64,
+    calibration_fraction: f64,
+) -> Split {
     let n = set.count;
-    let calibration = ((n as f64 * calibration_fraction).round() as usize).max(1).min(n);
+    let calibration = ((n as f64 * calibration_fraction).round() as usize)
+        .max(1)
+        .min(n);
     let validation = ((n as f64 * validation_fraction).round() as usize)
         .max(1)
         .min(n - calibration);
@@ -116,7 +123,12 @@ pub fn split_chronologically(set: &WindowSet, per_window: usize, validation_frac
 /// Every normal period between anomalies then contributes to training, validation
 /// and calibration, so a regime seen only late in the history (a different time of
 /// day, say) is not left entirely to calibration.
-pub fn split_per_run(set: &WindowSet, per_window: usize, validation_fraction: f64, calibration_fraction: f64) -> Split {
+pub fn split_per_run(
+    set: &WindowSet,
+    per_window: usize,
+    validation_fraction: f64,
+    calibration_fraction: f64,
+) -> Split {
     let mut split = Split {
         train: WindowSet::default(),
         validation: WindowSet::default(),
@@ -131,8 +143,12 @@ pub fn split_per_run(set: &WindowSet, per_window: usize, validation_fraction: f6
         let validation = ((n as f64 * validation_fraction).round() as usize).min(n - calibration);
         let train_end = end - calibration - validation;
         split.train.extend(&set.slice(start..train_end, per_window));
-        split.validation.extend(&set.slice(train_end..train_end + validation, per_window));
-        split.calibration.extend(&set.slice(train_end + validation..end, per_window));
+        split
+            .validation
+            .extend(&set.slice(train_end..train_end + validation, per_window));
+        split
+            .calibration
+            .extend(&set.slice(train_end + validation..end, per_window));
         start = end;
     }
     split
@@ -178,7 +194,14 @@ mod tests {
         let set = normal_windows(&series(vec![false; 22]), 3, 1);
         assert_eq!(set.count, 20);
         let split = split_chronologically(&set, 3, 0.2, 0.1);
-        assert_eq!((split.train.count, split.validation.count, split.calibration.count), (14, 4, 2));
+        assert_eq!(
+            (
+                split.train.count,
+                split.validation.count,
+                split.calibration.count
+            ),
+            (14, 4, 2)
+        );
         assert_eq!(split.validation.values[0], 14.0);
         assert_eq!(split.calibration.values[0], 18.0);
     }

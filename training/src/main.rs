@@ -14,8 +14,8 @@ use iot_anomaly::dataset::{load_csv, CsvOptions, LabelledSeries};
 use iot_anomaly::detector::Detector;
 use iot_anomaly::evaluation::{evaluate, threshold_sweep, EvaluationReport};
 use iot_anomaly::model::{
-    save_checkpoint, Architecture, LoadedModel, LstmAutoencoder, ModelMeta, Scaler, ThresholdInfo, TrainingInfo,
-    CHECKPOINT_FORMAT,
+    save_checkpoint, Architecture, LoadedModel, LstmAutoencoder, ModelMeta, Scaler, ThresholdInfo,
+    TrainingInfo, CHECKPOINT_FORMAT,
 };
 use iot_anomaly::schema::FeatureSchema;
 use iot_anomaly::scorer::Scorer;
@@ -26,7 +26,10 @@ use tch::{nn, Device, Tensor};
 const SWEEP_POINTS: usize = 60;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Train and calibrate the iot-anomaly LSTM autoencoder from a CSV of sensor history")]
+#[command(
+    version,
+    about = "Train and calibrate the iot-anomaly LSTM autoencoder from a CSV of sensor history"
+)]
 struct Args {
     /// Configuration file with [[features]], [dataset] and [training].
     #[arg(long, default_value = "config/anoml-iot.toml")]
@@ -64,10 +67,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(epochs) = args.epochs {
         settings.training.max_epochs = epochs;
     }
-    let out = args.out.clone().unwrap_or_else(|| settings.model.dir.clone());
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| settings.model.dir.clone());
     let data_path = match args.data.clone().or_else(|| settings.dataset.path.clone()) {
         Some(path) => path,
-        None => bail!("no training data: set dataset.path in {} or pass --data FILE", args.config.display()),
+        None => bail!(
+            "no training data: set dataset.path in {} or pass --data FILE",
+            args.config.display()
+        ),
     };
     let schema = FeatureSchema::new(settings.features.clone())
         .with_context(|| format!("invalid [[features]] in {}", args.config.display()))?;
@@ -91,7 +100,12 @@ fn csv_options(settings: &Settings) -> CsvOptions {
     }
 }
 
-fn train_checkpoint(settings: &Settings, schema: &FeatureSchema, data_path: &Path, out: &Path) -> anyhow::Result<Trained> {
+fn train_checkpoint(
+    settings: &Settings,
+    schema: &FeatureSchema,
+    data_path: &Path,
+    out: &Path,
+) -> anyhow::Result<Trained> {
     let t = &settings.training;
     if t.threads > 0 {
         tch::set_num_threads(t.threads as i32);
@@ -105,8 +119,18 @@ fn train_checkpoint(settings: &Settings, schema: &FeatureSchema, data_path: &Pat
     let per_window = t.window * features;
     let windows = data::normal_windows(&series, t.window, features);
     let split = match t.split {
-        SplitMethod::Chronological => data::split_chronologically(&windows, per_window, t.validation_fraction, t.calibration_fraction),
-        SplitMethod::PerRun => data::split_per_run(&windows, per_window, t.validation_fraction, t.calibration_fraction),
+        SplitMethod::Chronological => data::split_chronologically(
+            &windows,
+            per_window,
+            t.validation_fraction,
+            t.calibration_fraction,
+        ),
+        SplitMethod::PerRun => data::split_per_run(
+            &windows,
+            per_window,
+            t.validation_fraction,
+            t.calibration_fraction,
+        ),
     };
     eprintln!(
         "{} rows ({} labelled anomalous, labels from {}); {} normal windows of {} steps: {} train, {} validation, {} calibration",
@@ -142,7 +166,14 @@ fn train_checkpoint(settings: &Settings, schema: &FeatureSchema, data_path: &Pat
     };
     let mut vars = nn::VarStore::new(Device::Cpu);
     let model = LstmAutoencoder::new(&vars.root(), arch);
-    let fit = train::fit(&mut vars, &model, arch, &to_tensor(&split.train), &to_tensor(&split.validation), t)?;
+    let fit = train::fit(
+        &mut vars,
+        &model,
+        arch,
+        &to_tensor(&split.train),
+        &to_tensor(&split.validation),
+        t,
+    )?;
     eprintln!(
         "trained {} epochs in {:.1} s; best validation loss {:.5} at epoch {}",
         fit.epochs_run, fit.seconds, fit.best_validation_loss, fit.best_epoch
@@ -190,7 +221,11 @@ fn train_checkpoint(settings: &Settings, schema: &FeatureSchema, data_path: &Pat
     loaded.meta.error_scale = error_scale;
     let scorer = Scorer::new(loaded);
     let mut calibration = split.calibration.values.clone();
-    let calibration_scores: Vec<f64> = scorer.score_windows(&mut calibration).into_iter().map(|s| s.score).collect();
+    let calibration_scores: Vec<f64> = scorer
+        .score_windows(&mut calibration)
+        .into_iter()
+        .map(|s| s.score)
+        .collect();
     let threshold = calibrate::threshold(&calibration_scores, t)?;
     eprintln!(
         "threshold {:.5} = {} x quantile {} of {} calibration window scores",

@@ -83,7 +83,9 @@ pub fn fit(
             let len = batch.min(n - start);
             let index = order.narrow(0, start, len);
             let windows = train.index_select(0, &index);
-            let loss = (model.forward(&windows) - &windows).square().mean(Kind::Float);
+            let loss = (model.forward(&windows) - &windows)
+                .square()
+                .mean(Kind::Float);
             optimizer.backward_step_clip_norm(&loss, MAX_GRAD_NORM);
             train_total += loss.double_value(&[]) * len as f64;
             start += len;
@@ -113,7 +115,8 @@ pub fn fit(
     }
     bar.finish();
 
-    vars.copy(&best).context("cannot restore the best weights")?;
+    vars.copy(&best)
+        .context("cannot restore the best weights")?;
     Ok(FitSummary {
         epochs_run,
         best_epoch,
