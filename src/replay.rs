@@ -105,7 +105,7 @@ fn json_lines(
         });
         messages.push(ReplayMessage {
             key,
-            payload: trimmed[..end].as_bytes().to_vec(),
+            payload: trimmed.as_bytes()[..end].to_vec(),
         });
     }
     Ok(messages)

@@ -1,0 +1,44 @@
+# iot-anomaly: `make demo` for a first run, `make test` for the test suite.
+#
+# libtorch comes from scripts/setup-libtorch.sh (downloads once into
+# ~/.cache/iot-anomaly); set LIBTORCH to use a libtorch 2.13.0 you already have.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ifeq ($(LIBTORCH),)
+LIBTORCH := $(shell scripts/setup-libtorch.sh)
+endif
+ifeq ($(LIBTORCH),)
+$(error libtorch set-up failed; see the messages above, or set LIBTORCH to a libtorch 2.13.0 directory)
+endif
+export LIBTORCH
+export LIBTORCH_CXX11_ABI := 1
+
+RELEASE := target/release
+
+.PHONY: help build demo train test fmt lint clean-models
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+build: ## Build the service and the trainer (release)
+	cargo build --release --workspace
+
+demo: build ## Train if needed, then replay AnoML-IoT through an in-process Kafka cluster
+	$(RELEASE)/iot-anomaly demo --config config/anoml-iot.toml
+
+train: build ## Retrain models/anoml-iot from data/anoml-iot.csv
+	$(RELEASE)/iot-anomaly-train --config config/anoml-iot.toml --out models/anoml-iot
+
+test: ## Formatting, clippy and every test
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace
+
+fmt: ## Format the code
+	cargo fmt --all
+
+clean-models: ## Delete trained checkpoints under models/
+	find models -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
