@@ -76,6 +76,15 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Run librdkafka's in-process mock cluster with the three topics until Ctrl-C, to
+    /// try `serve` and `replay` without a Kafka install. Not a durable broker.
+    MockBroker {
+        /// Partitions of the input and output topics.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+    },
     /// Score a labelled CSV in stream order and print detection metrics.
     Evaluate {
         /// Checkpoint directory.
@@ -183,6 +192,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "sent {sent} records in {:.2} s",
                 started.elapsed().as_secs_f64()
             );
+            Ok(())
+        }
+        Command::MockBroker { partitions, config } => {
+            telemetry::init_logging(cli.log_format.unwrap_or_default(), "warn");
+            let settings = Settings::load(Some(&config))?;
+            let kafka = &settings.kafka;
+            let cluster =
+                rdkafka::mocking::MockCluster::new(1).context("cannot start the mock cluster")?;
+            cluster.create_topic(&kafka.input_topic, partitions, 1)?;
+            cluster.create_topic(&kafka.output_topic, partitions, 1)?;
+            cluster.create_topic(&kafka.deadletter_topic, 1, 1)?;
+            // Scripts read this line to find the port.
+            println!("bootstrap.servers={}", cluster.bootstrap_servers());
+            eprintln!(
+                "mock cluster running with topics {}, {}, {}; Ctrl-C or SIGTERM stops it",
+                kafka.input_topic, kafka.output_topic, kafka.deadletter_topic
+            );
+            wait_for_signal().await;
             Ok(())
         }
         Command::Evaluate {

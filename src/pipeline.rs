@@ -3,8 +3,8 @@
 //!
 //! Delivery is at-least-once: an input offset is stored (and later auto-committed)
 //! only after the verdict or dead letter of that record and of every earlier record
-//! in the batch is acknowledged. A crash replays at most the uncommitted tail, which
-//! can duplicate verdicts but never loses one.
+//! in the batch is acknowledged. After a crash the group resumes from the last
+//! committed offset, so verdicts can repeat but none is lost.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

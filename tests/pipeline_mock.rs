@@ -129,7 +129,7 @@ async fn every_record_gets_one_outcome() {
         assert!(scored.iter().all(|v| v.model_version == "random-3"));
     }
 
-    // Every dead letter keeps the original bytes and says why.
+    // Every dead letter keeps the original bytes and carries its reason.
     assert_eq!(collected.dead_letters.len(), bad.len());
     for (payload, kind) in &bad {
         let letter = collected

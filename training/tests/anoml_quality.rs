@@ -6,7 +6,7 @@ use iot_anomaly::config::Settings;
 use iot_anomaly::schema::FeatureSchema;
 use iot_anomaly_train::train_checkpoint;
 
-/// The seed project's Spark/Keras rule reaches at most 0.55 F1 on this series and a
+/// The original Spark/Keras project's rule reaches at most 0.55 F1 on this series and a
 /// per-feature z-score rule 0.87; the product promises at least 0.90.
 const MIN_F1: f64 = 0.90;
 
