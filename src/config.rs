@@ -283,7 +283,7 @@ impl Default for TrainingSettings {
     fn default() -> Self {
         Self {
             window: 20,
-            hidden_size: 32,
+            hidden_size: 16,
             num_layers: 1,
             batch_size: 64,
             learning_rate: 1e-3,

@@ -283,6 +283,12 @@ impl Viewer {
                 .entry(verdict.device_id.clone())
                 .or_insert_with(|| {
                     self.episodes += 1;
+                    if self.episodes == 1 {
+                        let json = serde_json::to_string(verdict).unwrap_or_default();
+                        println!(
+                            "first anomaly verdict, as published on the output topic:\n  {json}"
+                        );
+                    }
                     if shown {
                         println!(
                             "ANOMALY      {}  {}  score {:.3} > threshold {:.3}  top feature {}",
