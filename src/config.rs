@@ -48,7 +48,9 @@ pub struct Settings {
     pub training: TrainingSettings,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// `Debug` masks secret librdkafka properties (see [`is_secret_property`]), so the
+/// settings can be logged.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSettings {
     /// `bootstrap.servers`, comma separated `host:port` list.
@@ -76,6 +78,72 @@ impl Default for KafkaSettings {
             properties: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
+        }
+    }
+}
+
+/// Value shown in place of a secret.
+pub const MASK: &str = "***";
+
+/// True for librdkafka properties whose values are credentials: passwords, secrets,
+/// private keys, SASL/JAAS and OAUTHBEARER configuration.
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "key.pem",
+        "sasl.jaas",
+        "oauthbearer.config",
+        "sasl.oauthbearer.client",
+    ]
+    .iter()
+    .any(|marker| key.contains(marker))
+}
+
+fn masked(properties: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    properties
+        .iter()
+        .map(|(key, value)| {
+            let shown = if is_secret_property(key) {
+                MASK
+            } else {
+                value.as_str()
+            };
+            (key.as_str(), shown)
+        })
+        .collect()
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("input_topic", &self.input_topic)
+            .field("output_topic", &self.output_topic)
+            .field("deadletter_topic", &self.deadletter_topic)
+            .field("properties", &masked(&self.properties))
+            .field("consumer", &masked(&self.consumer))
+            .field("producer", &masked(&self.producer))
+            .finish()
+    }
+}
+
+impl KafkaSettings {
+    /// Returns a copy with every secret property value replaced by [`MASK`].
+    pub fn with_secrets_masked(&self) -> Self {
+        let mask = |properties: &BTreeMap<String, String>| {
+            masked(properties)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        };
+        Self {
+            properties: mask(&self.properties),
+            consumer: mask(&self.consumer),
+            producer: mask(&self.producer),
+            ..self.clone()
         }
     }
 }
@@ -155,14 +223,27 @@ impl Default for WindowSettings {
 pub struct InputSettings {
     /// Messages larger than this many bytes go to the dead-letter topic unparsed.
     pub max_message_bytes: usize,
+    pub unknown_fields: UnknownFields,
 }
 
 impl Default for InputSettings {
     fn default() -> Self {
         Self {
             max_message_bytes: 64 * 1024,
+            unknown_fields: UnknownFields::Ignore,
         }
     }
+}
+
+/// What happens to a record with a key that is neither a feature, an alias,
+/// `device_id` nor `ts`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownFields {
+    /// Score the record and ignore the extra keys (battery level, firmware, ...).
+    Ignore,
+    /// Send the record to the dead-letter topic with reason `unknown_field`.
+    Reject,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

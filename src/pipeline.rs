@@ -117,7 +117,11 @@ impl Pipeline {
         health: Arc<Health>,
     ) -> Result<Self, PipelineError> {
         let schema = detector.scorer().meta().features.clone();
-        let parser = RecordParser::new(schema, settings.input.max_message_bytes);
+        let parser = RecordParser::new(
+            schema,
+            settings.input.max_message_bytes,
+            settings.input.unknown_fields,
+        );
         let consumer: StreamConsumer<ScoringContext> = kafka::consumer_config(&settings.kafka)
             .create_with_context(ScoringContext {
                 health: health.clone(),

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use crate::config::UnknownFields;
 use crate::schema::FeatureSchema;
 
 /// Device id used when neither the payload nor the message key names one.
@@ -46,6 +47,8 @@ pub enum RejectReason {
     NotAnObject,
     #[error("key {0:?} appears more than once")]
     DuplicateKey(String),
+    #[error("key {0:?} is not a known feature, alias, device_id or ts (input.unknown_fields = \"reject\")")]
+    UnknownField(String),
     #[error("feature {0:?} is missing")]
     MissingFeature(String),
     #[error("feature {feature:?} is not a number: {found}")]
@@ -77,6 +80,7 @@ impl RejectReason {
             Self::InvalidJson(_) => "invalid_json",
             Self::NotAnObject => "not_an_object",
             Self::DuplicateKey(_) => "duplicate_key",
+            Self::UnknownField(_) => "unknown_field",
             Self::MissingFeature(_) => "missing_feature",
             Self::NonNumeric { .. } => "non_numeric",
             Self::NonFinite(_) => "non_finite",
@@ -93,6 +97,7 @@ impl RejectReason {
 pub struct RecordParser {
     schema: FeatureSchema,
     max_message_bytes: usize,
+    unknown_fields: UnknownFields,
 }
 
 /// Kafka metadata that supplies defaults for a payload's missing fields.
@@ -104,10 +109,15 @@ pub struct MessageMeta<'a> {
 }
 
 impl RecordParser {
-    pub fn new(schema: FeatureSchema, max_message_bytes: usize) -> Self {
+    pub fn new(
+        schema: FeatureSchema,
+        max_message_bytes: usize,
+        unknown_fields: UnknownFields,
+    ) -> Self {
         Self {
             schema,
             max_message_bytes,
+            unknown_fields,
         }
     }
 
@@ -139,6 +149,7 @@ impl RecordParser {
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let raw = RawRecordSeed {
             schema: &self.schema,
+            reject_unknown: self.unknown_fields == UnknownFields::Reject,
         }
         .deserialize(&mut deserializer)
         .map_err(|e| RejectReason::InvalidJson(e.to_string()))?;
@@ -261,6 +272,7 @@ struct RawRecord {
 /// types) as `Ok(Err(reason))` so they keep their own dead-letter reason.
 struct RawRecordSeed<'s> {
     schema: &'s FeatureSchema,
+    reject_unknown: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for RawRecordSeed<'_> {
@@ -339,6 +351,9 @@ impl<'de> Visitor<'de> for RawRecordSeed<'_> {
                 }
                 name => {
                     let Some(index) = self.schema.index_of(name) else {
+                        if self.reject_unknown {
+                            problem = Some(RejectReason::UnknownField(name.to_owned()));
+                        }
                         continue;
                     };
                     if raw.values[index].is_some() {
@@ -517,7 +532,7 @@ mod tests {
     }
 
     fn parser() -> RecordParser {
-        RecordParser::new(anoml_schema(), 1024)
+        RecordParser::new(anoml_schema(), 1024, UnknownFields::Ignore)
     }
 
     fn reject(payload: &str) -> RejectReason {
@@ -659,6 +674,22 @@ mod tests {
             .parse(b"{\"temperatura\": \xff}", MessageMeta::default())
             .unwrap_err();
         assert_eq!(reason.kind(), "invalid_utf8");
+    }
+
+    #[test]
+    fn unknown_field_rejected_by_policy() {
+        let strict = RecordParser::new(anoml_schema(), 1024, UnknownFields::Reject);
+        let payload = SEED_LINES[0].replace('}', r#", "battery": 3.1}"#);
+        let reason = strict
+            .parse(payload.as_bytes(), MessageMeta::default())
+            .unwrap_err();
+        assert_eq!(reason, RejectReason::UnknownField("battery".into()));
+        assert!(strict
+            .parse(SEED_LINES[0].as_bytes(), MessageMeta::default())
+            .is_ok());
+        assert!(parser()
+            .parse(payload.as_bytes(), MessageMeta::default())
+            .is_ok());
     }
 
     #[test]

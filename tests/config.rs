@@ -90,3 +90,21 @@ fn missing_file_is_named() {
     let error = Settings::load(Some(Path::new("config/nope.toml"))).unwrap_err();
     assert!(error.to_string().contains("config/nope.toml"), "{error}");
 }
+
+#[test]
+fn secrets_are_masked_in_debug_output() {
+    let _guard = ENV_LOCK.lock().unwrap();
+    let file = write_config(
+        "[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"ssl.key.password\" = \"pem-pass\"\n\"security.protocol\" = \"SASL_SSL\"\n",
+    );
+    let settings = Settings::load(Some(file.path())).unwrap();
+    let shown = format!("{settings:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("pem-pass"), "{shown}");
+    assert!(shown.contains("SASL_SSL"), "{shown}");
+    let masked = settings.kafka.with_secrets_masked();
+    assert_eq!(masked.properties["sasl.password"], "***");
+    assert_eq!(masked.properties["security.protocol"], "SASL_SSL");
+    // The real value still reaches librdkafka.
+    assert_eq!(settings.kafka.properties["sasl.password"], "hunter2");
+}
