@@ -41,6 +41,7 @@ pub struct Settings {
     pub windows: WindowSettings,
     pub input: InputSettings,
     pub http: HttpSettings,
+    pub shutdown: ShutdownSettings,
     pub log: LogSettings,
     /// Feature schema used for training; the service reads it from the checkpoint.
     pub features: Vec<FeatureSpec>,
@@ -258,6 +259,20 @@ impl Default for HttpSettings {
         Self {
             bind: "0.0.0.0:9898".into(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// Seconds `serve` may take after SIGTERM to finish its batch, flush and commit;
+    /// past it the process exits with status 1.
+    pub timeout_s: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self { timeout_s: 30 }
     }
 }
 

@@ -302,6 +302,7 @@ async fn serve(config: &Path, log_format: Option<LogFormat>) -> anyhow::Result<(
         )
     })?;
 
+    let shutdown_timeout_s = settings.shutdown.timeout_s;
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     let detector = Detector::new(Scorer::new(loaded), &settings.windows);
@@ -312,10 +313,20 @@ async fn serve(config: &Path, log_format: Option<LogFormat>) -> anyhow::Result<(
     let http = tokio::spawn(telemetry::serve_http(bind, metrics, health, async move {
         let _ = http_stopped.wait_for(|stop| *stop).await;
     }));
+    let shutdown_timeout = std::time::Duration::from_secs(shutdown_timeout_s);
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown requested; finishing the batch in flight");
+        tracing::info!(
+            timeout_s = shutdown_timeout.as_secs(),
+            "shutdown requested; finishing the batch in flight"
+        );
         stop.send(true).ok();
+        tokio::time::sleep(shutdown_timeout).await;
+        tracing::error!(
+            timeout_s = shutdown_timeout.as_secs(),
+            "shutdown timed out; exiting without a final commit"
+        );
+        std::process::exit(1);
     });
 
     let result = pipeline.run(stopped).await;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -32,6 +32,9 @@ pub const HEADER_REASON_KIND: &str = "iot-anomaly.reason-kind";
 pub const HEADER_SOURCE_TOPIC: &str = "iot-anomaly.source-topic";
 pub const HEADER_SOURCE_PARTITION: &str = "iot-anomaly.source-partition";
 pub const HEADER_SOURCE_OFFSET: &str = "iot-anomaly.source-offset";
+
+/// Minimum time between two logs of repeated client errors.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for outstanding deliveries.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,9 +66,30 @@ pub struct PipelineStats {
 /// Consumer context that reports rebalances to the log and to `/readyz`.
 pub struct ScoringContext {
     health: Arc<Health>,
+    last_error_log: Mutex<Option<Instant>>,
 }
 
-impl ClientContext for ScoringContext {}
+impl ClientContext for ScoringContext {
+    /// librdkafka reports connection problems here and keeps retrying with its own
+    /// backoff (`reconnect.backoff.ms` up to `reconnect.backoff.max.ms`).
+    fn error(&self, error: KafkaError, reason: &str) {
+        let all_down = matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown));
+        if all_down && !self.health.brokers_down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, reason, "all brokers down; not ready until one answers, librdkafka keeps retrying");
+            return;
+        }
+        // Repeats of the same failure would flood the log while a broker is away.
+        let now = Instant::now();
+        let mut last = self
+            .last_error_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| now.duration_since(t) >= ERROR_LOG_INTERVAL) {
+            *last = Some(now);
+            tracing::warn!(%error, reason, "Kafka client error; librdkafka keeps retrying");
+        }
+    }
+}
 
 impl ConsumerContext for ScoringContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -100,6 +124,7 @@ pub struct Pipeline {
     consumer: StreamConsumer<ScoringContext>,
     producer: FutureProducer,
     metrics: Metrics,
+    health: Arc<Health>,
     stats: PipelineStats,
 }
 
@@ -125,6 +150,7 @@ impl Pipeline {
         let consumer: StreamConsumer<ScoringContext> = kafka::consumer_config(&settings.kafka)
             .create_with_context(ScoringContext {
                 health: health.clone(),
+                last_error_log: Mutex::new(None),
             })
             .map_err(|source| PipelineError::Client {
                 client: "consumer",
@@ -153,6 +179,7 @@ impl Pipeline {
             consumer,
             producer,
             metrics,
+            health,
             stats: PipelineStats::default(),
         })
     }
@@ -191,7 +218,12 @@ impl Pipeline {
                 message = self.consumer.recv() => message,
             };
             match first {
-                Ok(message) => batch.push(message.detach()),
+                Ok(message) => {
+                    if self.health.brokers_down.swap(false, Ordering::Relaxed) {
+                        tracing::info!("brokers reachable again; resuming");
+                    }
+                    batch.push(message.detach())
+                }
                 Err(error) => {
                     // librdkafka retries connections itself; log at most once a second.
                     if last_consume_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {

@@ -155,12 +155,15 @@ impl Default for Metrics {
 pub struct Health {
     pub model_loaded: AtomicBool,
     pub partitions_assigned: AtomicBool,
+    /// Set when librdkafka reports every broker down; cleared by the next message.
+    pub brokers_down: AtomicBool,
 }
 
 impl Health {
     pub fn is_ready(&self) -> bool {
         self.model_loaded.load(Ordering::Relaxed)
             && self.partitions_assigned.load(Ordering::Relaxed)
+            && !self.brokers_down.load(Ordering::Relaxed)
     }
 }
 
@@ -205,7 +208,7 @@ async fn ready_handler(State(state): State<HttpState>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: waiting for the model and a partition assignment\n",
+            "not ready: waiting for the model, a partition assignment or a reachable broker\n",
         )
     }
 }

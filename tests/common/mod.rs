@@ -79,6 +79,8 @@ pub fn random_checkpoint(dir: &Path, window: i64, threshold: f64, seed: i64) -> 
     meta
 }
 
+pub mod tansu;
+
 pub mod mock {
     //! The scoring pipeline against librdkafka's in-process mock cluster.
 
