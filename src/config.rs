@@ -60,6 +60,10 @@ pub struct KafkaSettings {
     pub input_topic: String,
     pub output_topic: String,
     pub deadletter_topic: String,
+    pub delivery: Delivery,
+    /// `transactional.id` prefix in exactly-once mode; each process appends its own
+    /// suffix because consumer-group fencing, not the id, protects against zombies.
+    pub transactional_id: String,
     /// librdkafka properties applied to every client (security settings go here).
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties applied to the consumer only.
@@ -76,11 +80,25 @@ impl Default for KafkaSettings {
             input_topic: "sensors.raw".into(),
             output_topic: "sensors.scored".into(),
             deadletter_topic: "sensors.deadletter".into(),
+            delivery: Delivery::AtLeastOnce,
+            transactional_id: "iot-anomaly".into(),
             properties: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
         }
     }
+}
+
+/// Delivery guarantee between input offsets and output messages.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Offsets are committed after the outputs are acknowledged; a crash can repeat
+    /// verdicts.
+    AtLeastOnce,
+    /// Outputs and input offsets are written in one Kafka transaction per batch;
+    /// consumers of the output topics must read with `isolation.level=read_committed`.
+    ExactlyOnce,
 }
 
 /// Value shown in place of a secret.
@@ -124,6 +142,8 @@ impl std::fmt::Debug for KafkaSettings {
             .field("input_topic", &self.input_topic)
             .field("output_topic", &self.output_topic)
             .field("deadletter_topic", &self.deadletter_topic)
+            .field("delivery", &self.delivery)
+            .field("transactional_id", &self.transactional_id)
             .field("properties", &masked(&self.properties))
             .field("consumer", &masked(&self.consumer))
             .field("producer", &masked(&self.producer))

@@ -4,7 +4,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
 
-use crate::config::KafkaSettings;
+use crate::config::{Delivery, KafkaSettings};
 
 pub use rdkafka::error::KafkaError;
 
@@ -33,6 +33,12 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "100");
+    if settings.delivery == Delivery::ExactlyOnce {
+        // Offsets travel inside the producer's transactions instead.
+        config
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed");
+    }
     for (key, value) in &settings.consumer {
         config.set(key, value);
     }
@@ -48,6 +54,20 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4");
+    if settings.delivery == Delivery::ExactlyOnce {
+        // Unique per process: fencing of stale instances comes from the consumer group
+        // metadata sent with the offsets, so ids need not survive restarts.
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let id = format!(
+            "{}-{}-{started:x}",
+            settings.transactional_id,
+            std::process::id()
+        );
+        config.set("transactional.id", id);
+    }
     for (key, value) in &settings.producer {
         config.set(key, value);
     }

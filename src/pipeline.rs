@@ -16,10 +16,11 @@ use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
+use rdkafka::TopicPartitionList;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::watch;
 
-use crate::config::Settings;
+use crate::config::{Delivery, Settings};
 use crate::detector::Detector;
 use crate::kafka::{self, KafkaError};
 use crate::record::{MessageMeta, RecordParser, RejectReason, SensorRecord};
@@ -36,6 +37,9 @@ pub const HEADER_SOURCE_OFFSET: &str = "iot-anomaly.source-offset";
 /// Minimum time between two logs of repeated client errors.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Maximum time for one transactional call (init, send offsets, commit, abort).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long shutdown waits for outstanding deliveries.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -50,9 +54,16 @@ pub enum PipelineError {
     Subscribe { topic: String, source: KafkaError },
     #[error("the broker did not acknowledge a message for {topic}: {source}; stopping without storing offsets so the batch is consumed again after restart")]
     Delivery { topic: String, source: KafkaError },
+    #[error("the broker rejected Kafka transactions ({source}); it may not support them: set kafka.delivery = \"at_least_once\" or use a broker with transactions")]
+    TransactionsUnsupported { source: KafkaError },
+    #[error("transaction failed and was aborted: {source}; stopping so the batch is consumed again from the last committed offset")]
+    Transaction { source: KafkaError },
     #[error("cannot serialise a verdict: {0}")]
     Serialise(#[from] serde_json::Error),
 }
+
+/// Highest processed offset per input (topic, partition).
+type Offsets = BTreeMap<(String, i32), i64>;
 
 /// Totals of one pipeline run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -126,6 +137,8 @@ pub struct Pipeline {
     metrics: Metrics,
     health: Arc<Health>,
     stats: PipelineStats,
+    /// Outputs and offsets of each batch go in one transaction.
+    exactly_once: bool,
 }
 
 /// One consumed message with what the pipeline decided for it.
@@ -171,8 +184,16 @@ impl Pipeline {
                 &format!("{}", meta.threshold.value),
             ])
             .set(1);
+        let exactly_once = settings.kafka.delivery == Delivery::ExactlyOnce;
+        if exactly_once {
+            producer
+                .init_transactions(TRANSACTION_TIMEOUT)
+                .map_err(|source| PipelineError::TransactionsUnsupported { source })?;
+            tracing::info!("exactly-once delivery: one Kafka transaction per batch");
+        }
         health.model_loaded.store(true, Ordering::Relaxed);
         Ok(Self {
+            exactly_once,
             settings,
             parser,
             detector,
@@ -254,7 +275,40 @@ impl Pipeline {
         result.map(|_| self.stats)
     }
 
+    /// Scores one batch and publishes its outputs; in exactly-once mode inside one
+    /// transaction, otherwise followed by storing the input offsets.
     async fn process_batch(&mut self, messages: Vec<OwnedMessage>) -> Result<(), PipelineError> {
+        if !self.exactly_once {
+            let offsets = self.score_and_produce(messages).await?;
+            self.store_offsets(&offsets);
+            return Ok(());
+        }
+
+        self.producer
+            .begin_transaction()
+            .map_err(|source| PipelineError::Transaction { source })?;
+        let offsets = match self.score_and_produce(messages).await {
+            Ok(offsets) => offsets,
+            Err(error) => {
+                tokio::task::block_in_place(|| self.abort_transaction());
+                return Err(error);
+            }
+        };
+        tokio::task::block_in_place(|| match self.commit_transaction(&offsets) {
+            Ok(()) => Ok(()),
+            Err(source) => {
+                self.abort_transaction();
+                Err(PipelineError::Transaction { source })
+            }
+        })
+    }
+
+    /// Parses, scores and produces one batch and waits for every acknowledgement.
+    /// Returns the highest input offset per partition.
+    async fn score_and_produce(
+        &mut self,
+        messages: Vec<OwnedMessage>,
+    ) -> Result<Offsets, PipelineError> {
         let items: Vec<Item> = messages
             .into_iter()
             .map(|message| {
@@ -288,7 +342,7 @@ impl Pipeline {
             .observe(started.elapsed().as_secs_f64());
 
         let mut deliveries = Vec::with_capacity(items.len());
-        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut offsets = Offsets::new();
         let mut windows_in_batch = 0u64;
         let output_topic = self.settings.kafka.output_topic.clone();
         let deadletter_topic = self.settings.kafka.deadletter_topic.clone();
@@ -405,14 +459,6 @@ impl Pipeline {
             }
         }
 
-        for ((topic, partition), offset) in offsets {
-            if let Err(error) = self.consumer.store_offset(&topic, partition, offset) {
-                // The partition was revoked by a rebalance while the batch was in
-                // flight; its new owner consumes these records again.
-                tracing::debug!(%topic, partition, offset, %error, "offset not stored");
-            }
-        }
-
         self.metrics
             .devices_tracked
             .set(self.detector.device_count() as i64);
@@ -425,7 +471,44 @@ impl Pipeline {
             .device_evictions
             .with_label_values(&["capacity"])
             .inc_by(events.evicted_capacity);
-        Ok(())
+        Ok(offsets)
+    }
+
+    /// Stores the next offset to consume for each partition, for auto-commit.
+    fn store_offsets(&self, offsets: &Offsets) {
+        for ((topic, partition), offset) in offsets {
+            if let Err(error) = self.consumer.store_offset(topic, *partition, *offset) {
+                // The partition was revoked by a rebalance while the batch was in
+                // flight; its new owner consumes these records again.
+                tracing::debug!(%topic, partition, offset, %error, "offset not stored");
+            }
+        }
+    }
+
+    /// Sends the batch's input offsets into the open transaction and commits it.
+    fn commit_transaction(&self, offsets: &Offsets) -> Result<(), KafkaError> {
+        let mut positions = TopicPartitionList::new();
+        for ((topic, partition), offset) in offsets {
+            // A committed offset names the next record to read.
+            positions.add_partition_offset(
+                topic,
+                *partition,
+                rdkafka::Offset::Offset(offset + 1),
+            )?;
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::InvalidGroupId))?;
+        self.producer
+            .send_offsets_to_transaction(&positions, &group, TRANSACTION_TIMEOUT)?;
+        self.producer.commit_transaction(TRANSACTION_TIMEOUT)
+    }
+
+    fn abort_transaction(&self) {
+        if let Err(error) = self.producer.abort_transaction(TRANSACTION_TIMEOUT) {
+            tracing::error!(%error, "aborting the transaction failed");
+        }
     }
 }
 
@@ -460,10 +543,14 @@ impl Pipeline {
         if let Err(error) = self.producer.flush(Timeout::After(FLUSH_TIMEOUT)) {
             tracing::warn!(%error, "producer flush timed out");
         }
-        match self
-            .consumer
-            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
-        {
+        // In exactly-once mode every batch committed its offsets in its transaction.
+        let commit = if self.exactly_once {
+            Ok(())
+        } else {
+            self.consumer
+                .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        };
+        match commit {
             Ok(()) => {}
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(%error, "final offset commit failed"),

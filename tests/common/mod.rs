@@ -123,8 +123,18 @@ pub mod mock {
         /// Starts a one-broker mock cluster with the three topics and a pipeline
         /// scoring with the checkpoint in `model_dir`.
         pub fn start(model_dir: &std::path::Path, partitions: i32) -> Self {
+            Self::start_with(model_dir, partitions, |_| {})
+        }
+
+        /// Like [`Harness::start`], with `adjust` applied to the settings first.
+        pub fn start_with(
+            model_dir: &std::path::Path,
+            partitions: i32,
+            adjust: impl FnOnce(&mut Settings),
+        ) -> Self {
             let cluster = MockCluster::new(1).expect("mock cluster starts");
             let mut settings = Settings::default();
+            adjust(&mut settings);
             settings.model.dir = model_dir.to_path_buf();
             settings.kafka.brokers = cluster.bootstrap_servers();
             settings
@@ -165,7 +175,10 @@ pub mod mock {
         }
 
         pub async fn produce(&self, messages: &[ReplayMessage]) {
-            let producer = iot_anomaly::kafka::create_producer(&self.settings.kafka).unwrap();
+            // A plain producer: the test's input is not part of the scorer's transactions.
+            let mut kafka = self.settings.kafka.clone();
+            kafka.delivery = iot_anomaly::config::Delivery::AtLeastOnce;
+            let producer = iot_anomaly::kafka::create_producer(&kafka).unwrap();
             produce_all(&producer, &self.settings.kafka.input_topic, messages, None)
                 .await
                 .unwrap();
