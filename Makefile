@@ -18,7 +18,7 @@ export LIBTORCH_CXX11_ABI := 1
 
 RELEASE := target/release
 
-.PHONY: help build demo train test fmt lint clean-models
+.PHONY: help build demo train test broker fuzz fmt clean-models
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -32,10 +32,17 @@ demo: build ## Train if needed, then replay AnoML-IoT through an in-process Kafk
 train: build ## Retrain models/anoml-iot from data/anoml-iot.csv
 	$(RELEASE)/iot-anomaly-train --config config/anoml-iot.toml --out models/anoml-iot
 
-test: ## Formatting, clippy and every test
+test: ## Formatting, clippy and every test (builds the tansu test broker once)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo test --workspace
+	IOT_ANOMALY_TANSU="$$(scripts/setup-tansu.sh)" cargo test --workspace
+
+broker: ## Run a local tansu broker on 127.0.0.1:9092 with the three topics
+	scripts/run-broker.sh
+
+FUZZ_CASES ?= 500000
+fuzz: ## Property-test the record parser with FUZZ_CASES random inputs per property
+	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --test parser_properties
 
 fmt: ## Format the code
 	cargo fmt --all

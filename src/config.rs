@@ -174,12 +174,16 @@ impl KafkaSettings {
 pub struct ModelSettings {
     /// Checkpoint directory holding `model.json` and `model.safetensors`.
     pub dir: PathBuf,
+    /// Seconds between checks of `model.json` for a new checkpoint; 0 disables the
+    /// check (SIGHUP still reloads).
+    pub reload_interval_s: u64,
 }
 
 impl Default for ModelSettings {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("models/anoml-iot"),
+            reload_interval_s: 10,
         }
     }
 }

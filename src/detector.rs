@@ -41,6 +41,13 @@ impl Detector {
         self.scorer
     }
 
+    /// Replaces the model between two batches and returns the old one. The caller
+    /// checks compatibility first: device windows are kept, so the new model must
+    /// have the same features and window length.
+    pub fn replace_scorer(&mut self, scorer: Scorer) -> Scorer {
+        std::mem::replace(&mut self.scorer, scorer)
+    }
+
     pub fn device_count(&self) -> usize {
         self.windows.device_count()
     }

@@ -3,7 +3,7 @@
 //! Layers, each using only the ones listed after it:
 //!
 //! - orchestration: [`pipeline`] (consume → window → score → produce → store offsets),
-//!   [`replay`] (CSV or JSON lines → sensor messages),
+//!   [`replay`] (CSV or JSON lines → sensor messages), [`reload`] (model hot reload),
 //!   [`evaluation`] (stream-order scoring of a labelled CSV and its metrics);
 //! - domain: [`record`] (parse and validate sensor JSON), [`detector`] (per-device
 //!   windows plus batched scoring), [`scorer`] (batch → tensor → errors → verdicts),
@@ -18,6 +18,7 @@ pub mod kafka;
 pub mod model;
 pub mod pipeline;
 pub mod record;
+pub mod reload;
 pub mod replay;
 pub mod schema;
 pub mod scorer;

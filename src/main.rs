@@ -306,7 +306,9 @@ async fn serve(config: &Path, log_format: Option<LogFormat>) -> anyhow::Result<(
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     let detector = Detector::new(Scorer::new(loaded), &settings.windows);
-    let pipeline = Pipeline::new(settings, detector, metrics.clone(), health.clone())?;
+    let updates = iot_anomaly::reload::spawn_watcher(&settings.model, metrics.clone());
+    let pipeline = Pipeline::new(settings, detector, metrics.clone(), health.clone())?
+        .with_model_updates(updates);
 
     let (stop, stopped) = watch::channel(false);
     let mut http_stopped = stopped.clone();

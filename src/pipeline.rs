@@ -18,12 +18,15 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::TopicPartitionList;
 use rdkafka::{ClientContext, Message};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{Delivery, Settings};
 use crate::detector::Detector;
 use crate::kafka::{self, KafkaError};
+use crate::model::ModelMeta;
 use crate::record::{MessageMeta, RecordParser, RejectReason, SensorRecord};
+use crate::reload::incompatibility;
+use crate::scorer::Scorer;
 use crate::telemetry::{Health, Metrics};
 use crate::verdict::Status;
 
@@ -33,9 +36,14 @@ pub const HEADER_REASON_KIND: &str = "iot-anomaly.reason-kind";
 pub const HEADER_SOURCE_TOPIC: &str = "iot-anomaly.source-topic";
 pub const HEADER_SOURCE_PARTITION: &str = "iot-anomaly.source-partition";
 pub const HEADER_SOURCE_OFFSET: &str = "iot-anomaly.source-offset";
+/// Original size in bytes of an oversized payload, of which only a prefix was kept.
+pub const HEADER_TRUNCATED_FROM: &str = "iot-anomaly.truncated-from";
 
 /// Minimum time between two logs of repeated client errors.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A delivery unacknowledged for this long marks the service not ready.
+const DELIVERY_STALL: Duration = Duration::from_secs(5);
 
 /// Maximum time for one transactional call (init, send offsets, commit, abort).
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -139,6 +147,8 @@ pub struct Pipeline {
     stats: PipelineStats,
     /// Outputs and offsets of each batch go in one transaction.
     exactly_once: bool,
+    /// New checkpoints from [`crate::reload::watch`], applied between batches.
+    model_updates: Option<mpsc::Receiver<Scorer>>,
 }
 
 /// One consumed message with what the pipeline decided for it.
@@ -174,16 +184,7 @@ impl Pipeline {
                 client: "producer",
                 source,
             })?;
-        let meta = detector.scorer().meta();
-        metrics
-            .model_info
-            .with_label_values(&[
-                meta.model_version.as_str(),
-                &meta.features.names().collect::<Vec<_>>().join(","),
-                &meta.architecture.window.to_string(),
-                &format!("{}", meta.threshold.value),
-            ])
-            .set(1);
+        publish_model_info(&metrics, detector.scorer().meta());
         let exactly_once = settings.kafka.delivery == Delivery::ExactlyOnce;
         if exactly_once {
             producer
@@ -194,6 +195,7 @@ impl Pipeline {
         health.model_loaded.store(true, Ordering::Relaxed);
         Ok(Self {
             exactly_once,
+            model_updates: None,
             settings,
             parser,
             detector,
@@ -203,6 +205,49 @@ impl Pipeline {
             health,
             stats: PipelineStats::default(),
         })
+    }
+
+    /// Receives replacement models, for example from [`crate::reload::watch`].
+    pub fn with_model_updates(mut self, updates: mpsc::Receiver<Scorer>) -> Self {
+        self.model_updates = Some(updates);
+        self
+    }
+
+    /// Swaps in `candidate` unless it is incompatible with the running model.
+    fn apply_model_update(&mut self, candidate: Scorer) {
+        let running = self.detector.scorer().meta();
+        if let Some(reason) = incompatibility(running, candidate.meta()) {
+            self.metrics
+                .model_reloads
+                .with_label_values(&["rejected"])
+                .inc();
+            tracing::error!(
+                running = %running.model_version,
+                candidate = %candidate.meta().model_version,
+                %reason,
+                "new model rejected; keeping the running model"
+            );
+            return;
+        }
+        let schema = candidate.meta().features.clone();
+        let old = self.detector.replace_scorer(candidate);
+        let new = self.detector.scorer().meta();
+        publish_model_info(&self.metrics, new);
+        self.parser = RecordParser::new(
+            schema,
+            self.settings.input.max_message_bytes,
+            self.settings.input.unknown_fields,
+        );
+        self.metrics
+            .model_reloads
+            .with_label_values(&["success"])
+            .inc();
+        tracing::info!(
+            old = %old.meta().model_version,
+            new = %new.model_version,
+            threshold = new.threshold.value,
+            "model reloaded"
+        );
     }
 
     /// Runs until `shutdown` turns true, then finishes the batch in hand, flushes the
@@ -236,6 +281,11 @@ impl Pipeline {
             let first = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break Ok(()),
+                Some(candidate) = next_model(&mut self.model_updates) => {
+                    // Between batches: nothing is in flight, so the swap is atomic.
+                    self.apply_model_update(candidate);
+                    continue;
+                }
                 message = self.consumer.recv() => message,
             };
             match first {
@@ -390,9 +440,19 @@ impl Pipeline {
                         .inc();
                 }
                 Err(reason) => {
-                    let headers = dead_letter_headers(&reason, message);
+                    let mut headers = dead_letter_headers(&reason, message);
+                    let mut payload = message.payload().unwrap_or_default();
+                    // An oversized payload would also be too large for the dead-letter
+                    // topic, so only its first input.max_message_bytes bytes go there.
+                    if let RejectReason::Oversized { bytes, max } = reason {
+                        payload = &payload[..max.min(payload.len())];
+                        headers = headers.insert(Header {
+                            key: HEADER_TRUNCATED_FROM,
+                            value: Some(bytes.to_string().as_str()),
+                        });
+                    }
                     let mut record = FutureRecord::to(&deadletter_topic)
-                        .payload(message.payload().unwrap_or_default())
+                        .payload(payload)
                         .headers(headers);
                     if let Some(key) = message.key() {
                         record = record.key(key);
@@ -428,8 +488,27 @@ impl Pipeline {
         }
         self.metrics.batch_windows.observe(windows_in_batch as f64);
 
-        for (future, verdict, topic) in deliveries {
-            let delivered = match future.await {
+        for (mut future, verdict, topic) in deliveries {
+            // librdkafka retries until message.timeout.ms; meanwhile a broker that stopped
+            // answering makes the service not ready instead of silently stalling.
+            let acknowledgement = match tokio::time::timeout(DELIVERY_STALL, &mut future).await {
+                Ok(acknowledgement) => acknowledgement,
+                Err(_) => {
+                    if !self.health.brokers_down.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            topic = %topic,
+                            waited_s = DELIVERY_STALL.as_secs(),
+                            "broker has not acknowledged a message; not ready until it does, librdkafka keeps retrying"
+                        );
+                    }
+                    let acknowledgement = future.await;
+                    if self.health.brokers_down.swap(false, Ordering::Relaxed) {
+                        tracing::info!("broker acknowledged again; resuming");
+                    }
+                    acknowledgement
+                }
+            };
+            let delivered = match acknowledgement {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err((source, _))) => Err(source),
                 Err(_canceled) => Err(KafkaError::Canceled),
@@ -510,6 +589,26 @@ impl Pipeline {
             tracing::error!(%error, "aborting the transaction failed");
         }
     }
+}
+
+/// Waits for the next replacement model; never resolves without a watcher.
+async fn next_model(updates: &mut Option<mpsc::Receiver<Scorer>>) -> Option<Scorer> {
+    match updates {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sets `model_info` to the loaded model's labels, dropping the previous model's.
+fn publish_model_info(metrics: &Metrics, meta: &ModelMeta) {
+    metrics.model_info.reset();
+    let features = meta.features.names().collect::<Vec<_>>().join(",");
+    let window = meta.architecture.window.to_string();
+    let threshold = meta.threshold.value.to_string();
+    metrics
+        .model_info
+        .with_label_values(&[meta.model_version.as_str(), &features, &window, &threshold])
+        .set(1);
 }
 
 /// Enqueues `record`, waiting while librdkafka's queue is full, so messages enter the

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub producer_errors: IntCounter,
     /// Constant 1 labelled with the loaded model's version and shape.
     pub model_info: IntGaugeVec,
+    /// Model reload attempts by `result` (`success`, `failed`, `rejected`).
+    pub model_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -74,6 +76,11 @@ impl Metrics {
             "verdicts_total",
             "Verdicts published, by status.",
             &["status"],
+        );
+        let model_reloads = counter_vec(
+            "model_reloads_total",
+            "Model reload attempts, by result.",
+            &["result"],
         );
         let device_evictions = counter_vec(
             "device_evictions_total",
@@ -131,6 +138,7 @@ impl Metrics {
             device_evictions,
             producer_errors,
             model_info,
+            model_reloads,
         }
     }
 

@@ -84,6 +84,7 @@ pub mod tansu;
 pub mod mock {
     //! The scoring pipeline against librdkafka's in-process mock cluster.
 
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -102,6 +103,8 @@ pub mod mock {
     use rdkafka::Message;
     use tokio::sync::watch;
     use tokio::task::JoinHandle;
+
+    static READER_GROUPS: AtomicUsize = AtomicUsize::new(0);
 
     pub struct Harness {
         // Dropping the cluster stops its brokers, so it lives as long as the harness.
@@ -156,13 +159,15 @@ pub mod mock {
                 &settings.windows,
             );
             let metrics = Metrics::new();
+            let updates = iot_anomaly::reload::spawn_watcher(&settings.model, metrics.clone());
             let pipeline = Pipeline::new(
                 settings.clone(),
                 detector,
                 metrics.clone(),
                 Arc::new(Health::default()),
             )
-            .unwrap();
+            .unwrap()
+            .with_model_updates(updates);
             let (stop, stopped) = watch::channel(false);
             let task = tokio::spawn(pipeline.run(stopped));
             Self {
@@ -195,7 +200,15 @@ pub mod mock {
         ) -> Collected {
             let consumer: StreamConsumer =
                 iot_anomaly::kafka::consumer_config(&self.settings.kafka)
-                    .set("group.id", "test-reader")
+                    // A fresh group per call: a new member of an old group waits for the previous
+                    // member's session to expire on the mock cluster.
+                    .set(
+                        "group.id",
+                        format!(
+                            "test-reader-{}",
+                            READER_GROUPS.fetch_add(1, Ordering::Relaxed)
+                        ),
+                    )
                     .create()
                     .unwrap();
             consumer

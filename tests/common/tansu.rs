@@ -44,6 +44,8 @@ pub struct Tansu {
     child: Option<Child>,
     binary: PathBuf,
     pub port: u16,
+    /// stderr of every broker process this handle started, appended.
+    log: tempfile::NamedTempFile,
 }
 
 impl Tansu {
@@ -60,6 +62,7 @@ impl Tansu {
             child: None,
             binary,
             port: free_port(),
+            log: tempfile::NamedTempFile::new().unwrap(),
         };
         broker.spawn();
         broker
@@ -76,8 +79,9 @@ impl Tansu {
                 &url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env("RUST_LOG", "warn")
+            .stdout(self.log.reopen().unwrap())
+            .stderr(self.log.reopen().unwrap())
             .spawn()
             .unwrap();
         self.child = Some(child);
@@ -85,6 +89,11 @@ impl Tansu {
         wait_until(Duration::from_secs(20), "tansu to listen", || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
+    }
+
+    /// The broker's own log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     pub fn bootstrap(&self) -> String {
@@ -125,10 +134,16 @@ impl Tansu {
         }
     }
 
-    /// Starts a fresh, empty broker on the same port.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+    /// Stops the broker process (SIGSTOP): connections stay open but nothing answers,
+    /// as in a long pause or a network partition. Its data survives, unlike a restart
+    /// of the in-memory storage, which loses every topic and offset.
+    pub fn pause(&self) {
+        signal(self.child.as_ref().expect("broker running").id(), "STOP");
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.as_ref().expect("broker running").id(), "CONT");
     }
 }
 
@@ -150,6 +165,7 @@ group_id = "scorers"
 "fetch.wait.max.ms" = "10"
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
+"max.poll.interval.ms" = "15000"
 [kafka.producer]
 "linger.ms" = "2"
 [model]
