@@ -17,10 +17,10 @@ pub enum ConfigError {
     #[error("configuration file {path} not found; pass an existing file with --config")]
     FileNotFound { path: PathBuf },
 
-    #[error("invalid configuration (file {path}, environment {ENV_PREFIX}__*): {source}; compare the key with config/default.toml")]
+    #[error("invalid configuration (file {path}, environment {ENV_PREFIX}__*): {cause}; compare the key with config/default.toml")]
     Parse {
         path: PathBuf,
-        source: config::ConfigError,
+        cause: config::ConfigError,
     },
 
     #[error("invalid configuration value {key} = {value}: {fix}")]
@@ -449,7 +449,7 @@ impl Settings {
             .and_then(config::Config::try_deserialize)
             .map_err(|source| ConfigError::Parse {
                 path: shown_path,
-                source,
+                cause: source,
             })?;
         settings.validate()?;
         Ok(settings)

@@ -17,13 +17,13 @@ pub const DEFAULT_LABEL_COLUMN: &str = "anomaly";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: invalid CSV: {source}")]
-    Csv { path: PathBuf, source: csv::Error },
+    #[error("{path}: invalid CSV: {cause}")]
+    Csv { path: PathBuf, cause: csv::Error },
     #[error("{path}: no column for feature {feature:?} (tried {tried:?}); rename the column or add an alias to the feature")]
     MissingColumn {
         path: PathBuf,
@@ -102,7 +102,7 @@ pub fn load_csv(
 ) -> Result<LabelledSeries, DatasetError> {
     let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let sha256 = format!("{:x}", Sha256::digest(&bytes));
     let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
@@ -113,7 +113,7 @@ pub fn load_csv(
     };
     let csv_error = |source| DatasetError::Csv {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)

@@ -53,19 +53,21 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("cannot create the Kafka {client}: {source}")]
+    // Fields are named `cause`, not `source`, because each message already shows the
+    // Kafka error; a `source` would print it a second time in anyhow's error chain.
+    #[error("cannot create the Kafka {client}: {cause}")]
     Client {
         client: &'static str,
-        source: KafkaError,
+        cause: KafkaError,
     },
-    #[error("cannot subscribe to {topic}: {source}")]
-    Subscribe { topic: String, source: KafkaError },
-    #[error("the broker did not acknowledge a message for {topic}: {source}; stopping without storing offsets so the batch is consumed again after restart")]
-    Delivery { topic: String, source: KafkaError },
-    #[error("the broker rejected Kafka transactions ({source}); it may not support them: set kafka.delivery = \"at_least_once\" or use a broker with transactions")]
-    TransactionsUnsupported { source: KafkaError },
-    #[error("transaction failed and was aborted: {source}; stopping so the batch is consumed again from the last committed offset")]
-    Transaction { source: KafkaError },
+    #[error("cannot subscribe to {topic}: {cause}")]
+    Subscribe { topic: String, cause: KafkaError },
+    #[error("the broker did not acknowledge a message for {topic}: {cause}; stopping without storing offsets so the batch is consumed again after restart")]
+    Delivery { topic: String, cause: KafkaError },
+    #[error("the broker rejected Kafka transactions ({cause}); it may not support them: set kafka.delivery = \"at_least_once\" or use a broker with transactions")]
+    TransactionsUnsupported { cause: KafkaError },
+    #[error("transaction failed and was aborted: {cause}; stopping so the batch is consumed again from the last committed offset")]
+    Transaction { cause: KafkaError },
     #[error("cannot serialise a verdict: {0}")]
     Serialise(#[from] serde_json::Error),
 }
@@ -177,19 +179,19 @@ impl Pipeline {
             })
             .map_err(|source| PipelineError::Client {
                 client: "consumer",
-                source,
+                cause: source,
             })?;
         let producer =
             kafka::create_producer(&settings.kafka).map_err(|source| PipelineError::Client {
                 client: "producer",
-                source,
+                cause: source,
             })?;
         publish_model_info(&metrics, detector.scorer().meta());
         let exactly_once = settings.kafka.delivery == Delivery::ExactlyOnce;
         if exactly_once {
             producer
                 .init_transactions(TRANSACTION_TIMEOUT)
-                .map_err(|source| PipelineError::TransactionsUnsupported { source })?;
+                .map_err(|source| PipelineError::TransactionsUnsupported { cause: source })?;
             tracing::info!("exactly-once delivery: one Kafka transaction per batch");
         }
         health.model_loaded.store(true, Ordering::Relaxed);
@@ -259,7 +261,10 @@ impl Pipeline {
         let topic = self.settings.kafka.input_topic.clone();
         self.consumer
             .subscribe(&[topic.as_str()])
-            .map_err(|source| PipelineError::Subscribe { topic, source })?;
+            .map_err(|source| PipelineError::Subscribe {
+                topic,
+                cause: source,
+            })?;
         tracing::info!(
             brokers = %self.settings.kafka.brokers,
             group = %self.settings.kafka.group_id,
@@ -336,7 +341,7 @@ impl Pipeline {
 
         self.producer
             .begin_transaction()
-            .map_err(|source| PipelineError::Transaction { source })?;
+            .map_err(|source| PipelineError::Transaction { cause: source })?;
         let offsets = match self.score_and_produce(messages).await {
             Ok(offsets) => offsets,
             Err(error) => {
@@ -346,9 +351,16 @@ impl Pipeline {
         };
         tokio::task::block_in_place(|| match self.commit_transaction(&offsets) {
             Ok(()) => Ok(()),
+            // Some brokers accept InitProducerId but not EndTxn (tansu 0.6.0 among
+            // them), so lack of support can first show up here.
+            Err(source)
+                if source.rdkafka_error_code() == Some(RDKafkaErrorCode::UnsupportedFeature) =>
+            {
+                Err(PipelineError::TransactionsUnsupported { cause: source })
+            }
             Err(source) => {
                 self.abort_transaction();
-                Err(PipelineError::Transaction { source })
+                Err(PipelineError::Transaction { cause: source })
             }
         })
     }
@@ -517,7 +529,7 @@ impl Pipeline {
                 self.metrics.producer_errors.inc();
                 return Err(PipelineError::Delivery {
                     topic: topic.clone(),
-                    source,
+                    cause: source,
                 });
             }
             if let Some((status, ts_ms)) = verdict {
@@ -630,7 +642,7 @@ async fn send_in_order(
                 metrics.producer_errors.inc();
                 return Err(PipelineError::Delivery {
                     topic: returned.topic.to_owned(),
-                    source,
+                    cause: source,
                 });
             }
         }

@@ -25,21 +25,21 @@ const IN_FLIGHT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: invalid CSV: {source}")]
-    Csv { path: PathBuf, source: csv::Error },
+    #[error("{path}: invalid CSV: {cause}")]
+    Csv { path: PathBuf, cause: csv::Error },
     #[error("{path}, line {line}: {message}")]
     Line {
         path: PathBuf,
         line: usize,
         message: String,
     },
-    #[error("cannot produce to {topic}: {source}")]
-    Produce { topic: String, source: KafkaError },
+    #[error("cannot produce to {topic}: {cause}")]
+    Produce { topic: String, cause: KafkaError },
 }
 
 /// One message ready to send.
@@ -54,7 +54,7 @@ pub struct ReplayMessage {
 pub fn read_messages(path: &Path, device: Option<&str>) -> Result<Vec<ReplayMessage>, ReplayError> {
     let text = std::fs::read_to_string(path).map_err(|source| ReplayError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     let extension = path
         .extension()
@@ -124,7 +124,7 @@ fn csv_rows(
     };
     let csv_error = |source| ReplayError::Csv {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -191,7 +191,7 @@ pub async fn produce_all(
     let mut in_flight: Vec<DeliveryFuture> = Vec::with_capacity(IN_FLIGHT.min(messages.len()));
     let produce_error = |source| ReplayError::Produce {
         topic: topic.to_owned(),
-        source,
+        cause: source,
     };
 
     for (index, message) in messages.iter().enumerate() {

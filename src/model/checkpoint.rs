@@ -27,18 +27,15 @@ pub const TORCHSCRIPT_FILE: &str = "model.pt";
 pub enum CheckpointError {
     #[error("no model in {dir}: {file} not found; train one with `iot-anomaly-train --config config/anoml-iot.toml --out {dir}` or set model.dir")]
     Missing { dir: PathBuf, file: &'static str },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("invalid {path}: {message}; retrain the model or restore the file")]
     Invalid { path: PathBuf, message: String },
-    #[error("cannot load weights from {path}: {source}; the file does not match model.json, retrain the model")]
-    Weights {
-        path: PathBuf,
-        source: tch::TchError,
-    },
+    #[error("cannot load weights from {path}: {cause}; the file does not match model.json, retrain the model")]
+    Weights { path: PathBuf, cause: tch::TchError },
     #[error("cannot write checkpoint to {path}: {message}")]
     Write { path: PathBuf, message: String },
 }
@@ -206,7 +203,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedModel, CheckpointError> {
     }
     let text = std::fs::read(&meta_path).map_err(|source| CheckpointError::Io {
         path: meta_path.clone(),
-        source,
+        cause: source,
     })?;
     let meta: ModelMeta = serde_json::from_slice(&text).map_err(|e| CheckpointError::Invalid {
         path: meta_path.clone(),
@@ -226,7 +223,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedModel, CheckpointError> {
     vars.load(&weights)
         .map_err(|source| CheckpointError::Weights {
             path: weights,
-            source,
+            cause: source,
         })?;
     vars.freeze();
     Ok(LoadedModel { meta, model, vars })
