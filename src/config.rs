@@ -209,7 +209,7 @@ impl Default for ScoringSettings {
     }
 }
 
-/// What happens to a record whose timestamp is older than its device's last one.
+/// Policy for a record whose timestamp is older than its device's last one.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LatePolicy {
@@ -260,7 +260,7 @@ impl Default for InputSettings {
     }
 }
 
-/// What happens to a record with a key that is neither a feature, an alias,
+/// Policy for a record with a key that is neither a feature, an alias,
 /// `device_id` nor `ts`.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
