@@ -76,6 +76,11 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Validate or print the effective configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Run librdkafka's in-process mock cluster with the three topics until Ctrl-C, to
     /// try `serve` and `replay` without a Kafka install. Not a durable broker.
     MockBroker {
@@ -108,6 +113,20 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Load the configuration and the model it names; exit 1 with the problem if either fails.
+    Check {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
+    },
+    /// Print the effective configuration (defaults, file, environment) as TOML, secrets masked.
+    Show {
+        #[arg(long, default_value = "config/default.toml")]
+        config: PathBuf,
     },
 }
 
@@ -194,6 +213,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Config { action } => match action {
+            ConfigAction::Check { config } => {
+                let settings = Settings::load(Some(&config))?;
+                let loaded = load_checkpoint(&settings.model.dir)?;
+                println!(
+                    "configuration valid: {} (model {} in {}, window {}, threshold {:.5})",
+                    config.display(),
+                    loaded.meta.model_version,
+                    settings.model.dir.display(),
+                    loaded.meta.architecture.window,
+                    loaded.meta.threshold.value
+                );
+                Ok(())
+            }
+            ConfigAction::Show { config } => {
+                let mut settings = Settings::load(Some(&config))?;
+                settings.kafka = settings.kafka.with_secrets_masked();
+                print!(
+                    "{}",
+                    toml::to_string(&settings).context("cannot print the configuration as TOML")?
+                );
+                Ok(())
+            }
+        },
         Command::MockBroker { partitions, config } => {
             telemetry::init_logging(cli.log_format.unwrap_or_default(), "warn");
             let settings = Settings::load(Some(&config))?;

@@ -247,3 +247,63 @@ fn evaluate_json_has_the_metrics() {
     assert_eq!(report["verdicts"]["warming_up"], 9);
     assert_eq!(report["labelled_anomalous"], 1777);
 }
+
+#[test]
+fn config_show_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("secret.toml");
+    std::fs::write(
+        &config,
+        "[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"sasl.username\" = \"scorer\"\n",
+    )
+    .unwrap();
+    let output = run(
+        &["config", "show", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("\"sasl.password\" = \"***\""), "{shown}");
+    assert!(shown.contains("\"sasl.username\" = \"scorer\""), "{shown}");
+    // The printed configuration is itself a valid configuration file.
+    let reloaded = dir.path().join("shown.toml");
+    std::fs::write(&reloaded, shown.as_bytes()).unwrap();
+    let again = run(
+        &["config", "show", "--config", reloaded.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[test]
+fn config_check_loads_the_model() {
+    let model = tempfile::tempdir().unwrap();
+    common::random_checkpoint(model.path(), 4, 1.0, 30);
+    let good = run(
+        &["config", "check"],
+        &[("IOT_ANOMALY__MODEL__DIR", model.path())],
+    );
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("random-30"));
+
+    let empty = tempfile::tempdir().unwrap();
+    let bad = run(
+        &["config", "check"],
+        &[("IOT_ANOMALY__MODEL__DIR", empty.path())],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("model.json not found"));
+}
