@@ -32,7 +32,9 @@ pub fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // Feeds the consumer lag metric.
+        .set("statistics.interval.ms", "5000");
     if settings.delivery == Delivery::ExactlyOnce {
         // Offsets travel inside the producer's transactions instead.
         config

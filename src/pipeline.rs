@@ -87,10 +87,28 @@ pub struct PipelineStats {
 /// Consumer context that reports rebalances to the log and to `/readyz`.
 pub struct ScoringContext {
     health: Arc<Health>,
+    metrics: Metrics,
     last_error_log: Mutex<Option<Instant>>,
 }
 
 impl ClientContext for ScoringContext {
+    /// Publishes consumer lag per assigned partition; librdkafka reports -1 while it
+    /// does not know the lag and uses partition -1 for its internal bookkeeping.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.consumer_lag.reset();
+        for (topic, stats) in &statistics.topics {
+            for (partition, partition_stats) in &stats.partitions {
+                if *partition < 0 || partition_stats.consumer_lag < 0 {
+                    continue;
+                }
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[topic.as_str(), &partition.to_string()])
+                    .set(partition_stats.consumer_lag);
+            }
+        }
+    }
+
     /// librdkafka reports connection problems here and keeps retrying with its own
     /// backoff (`reconnect.backoff.ms` up to `reconnect.backoff.max.ms`).
     fn error(&self, error: KafkaError, reason: &str) {
@@ -175,6 +193,7 @@ impl Pipeline {
         let consumer: StreamConsumer<ScoringContext> = kafka::consumer_config(&settings.kafka)
             .create_with_context(ScoringContext {
                 health: health.clone(),
+                metrics: metrics.clone(),
                 last_error_log: Mutex::new(None),
             })
             .map_err(|source| PipelineError::Client {

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     /// Model reload attempts by `result` (`success`, `failed`, `rejected`).
     pub model_reloads: IntCounterVec,
+    /// Records between the consumer's position and the partition's end, by `topic`
+    /// and `partition`, from librdkafka statistics.
+    pub consumer_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -82,6 +85,17 @@ impl Metrics {
             "Model reload attempts, by result.",
             &["result"],
         );
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "consumer_lag_records",
+                "Records not yet consumed per assigned partition (librdkafka statistics).",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(consumer_lag.clone()))
+            .expect("metric names are unique");
         let device_evictions = counter_vec(
             "device_evictions_total",
             "Device windows dropped, by cause.",
@@ -139,6 +153,7 @@ impl Metrics {
             producer_errors,
             model_info,
             model_reloads,
+            consumer_lag,
         }
     }
 

@@ -86,6 +86,33 @@ async fn every_record_gets_one_outcome() {
         )
         .await;
     let metrics = harness.metrics.clone();
+
+    // librdkafka statistics (every 500 ms here) report the lag of each assigned
+    // partition, which is zero once everything is scored.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lag_lines = loop {
+        let rendered = metrics.render();
+        let lines: Vec<String> = rendered
+            .lines()
+            .filter(|l| l.starts_with("iot_anomaly_consumer_lag_records{"))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() == 3 && lines.iter().all(|l| l.ends_with(" 0")) {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag never settled at zero: {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        lag_lines
+            .iter()
+            .all(|l| l.contains("topic=\"sensors.raw\"")),
+        "{lag_lines:?}"
+    );
+
     let stats = harness.stop().await;
 
     // Exactly one verdict per valid record: no loss, no duplicate.

@@ -144,6 +144,10 @@ pub mod mock {
                 .kafka
                 .consumer
                 .insert("fetch.wait.max.ms".into(), "10".into());
+            settings
+                .kafka
+                .consumer
+                .insert("statistics.interval.ms".into(), "500".into());
             cluster
                 .create_topic(&settings.kafka.input_topic, partitions, 1)
                 .unwrap();
