@@ -97,6 +97,7 @@ fn serve_scores_replay_and_stops_on_sigterm() {
     common::random_checkpoint(model.path(), 4, 1.0, 21);
     let (_broker, brokers) = start_mock_broker();
     let http_port = free_port();
+    let log_file = tempfile::NamedTempFile::new().unwrap();
 
     let serve = Command::new(BIN)
         .args(["serve", "--config", "config/default.toml"])
@@ -104,7 +105,8 @@ fn serve_scores_replay_and_stops_on_sigterm() {
         .env("IOT_ANOMALY__MODEL__DIR", model.path())
         .env("IOT_ANOMALY__HTTP__BIND", format!("127.0.0.1:{http_port}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        // A file, not a pipe: an undrained pipe would block the service once full.
+        .stderr(log_file.reopen().unwrap())
         .spawn()
         .unwrap();
     let mut serve = Process(serve);
@@ -120,6 +122,10 @@ fn serve_scores_replay_and_stops_on_sigterm() {
             "data/seed-examples.jsonl",
             "--brokers",
             &brokers,
+            // One key keeps the five records on one partition, in order; without it
+            // they spread over partitions and may arrive late for their device.
+            "--device",
+            "seed",
         ])
         .output()
         .unwrap();
@@ -129,11 +135,11 @@ fn serve_scores_replay_and_stops_on_sigterm() {
         String::from_utf8_lossy(&replay.stderr)
     );
 
-    wait_until(Duration::from_secs(30), "/readyz", || {
+    wait_until(Duration::from_secs(60), "/readyz", || {
         http_get(http_port, "/readyz").is_some_and(|(status, _)| status == 200)
     });
     let mut metrics = String::new();
-    wait_until(Duration::from_secs(30), "five verdicts in /metrics", || {
+    wait_until(Duration::from_secs(60), "five verdicts in /metrics", || {
         metrics = http_get(http_port, "/metrics")
             .map(|(_, body)| body)
             .unwrap_or_default();
@@ -176,14 +182,7 @@ fn serve_scores_replay_and_stops_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let mut log = String::new();
-    serve
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = std::fs::read_to_string(log_file.path()).unwrap();
     assert!(status.success(), "serve exited with {status}: {log}");
     assert!(log.contains("scoring pipeline stopped"), "{log}");
 }
