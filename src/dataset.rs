@@ -93,8 +93,8 @@ impl LabelledSeries {
     }
 }
 
-/// Reads `path`, mapping columns to `schema` by feature name or alias. The separator
-/// is `;` when the header line has `;` and no `,` (SKAB's files), else `,`.
+/// Reads `path`, mapping columns to `schema` by feature name or alias; see
+/// [`csv_reader`] for the separator.
 pub fn load_csv(
     path: &Path,
     schema: &FeatureSchema,
@@ -105,20 +105,11 @@ pub fn load_csv(
         cause: source,
     })?;
     let sha256 = format!("{:x}", Sha256::digest(&bytes));
-    let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-    let delimiter = if first_line.contains(&b';') && !first_line.contains(&b',') {
-        b';'
-    } else {
-        b','
-    };
     let csv_error = |source| DatasetError::Csv {
         path: path.to_path_buf(),
         cause: source,
     };
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .trim(csv::Trim::All)
-        .from_reader(bytes.as_slice());
+    let mut reader = csv_reader(&bytes);
     let header: Vec<String> = reader
         .headers()
         .map_err(csv_error)?
@@ -253,6 +244,21 @@ pub fn load_csv(
         labels,
         label_source,
     })
+}
+
+/// Builds a CSV reader over `bytes` that trims cells. The separator is `;` when the
+/// header line has `;` and no `,` (SKAB's files), else `,`.
+pub fn csv_reader(bytes: &[u8]) -> csv::Reader<&[u8]> {
+    let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    let delimiter = if first_line.contains(&b';') && !first_line.contains(&b',') {
+        b';'
+    } else {
+        b','
+    };
+    csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .trim(csv::Trim::All)
+        .from_reader(bytes)
 }
 
 /// True when `ts_ms` falls in any inclusive `[start, end]` Unix-second window. A

@@ -116,20 +116,11 @@ fn csv_rows(
     text: &str,
     device: Option<&str>,
 ) -> Result<Vec<ReplayMessage>, ReplayError> {
-    let first_line = text.lines().next().unwrap_or_default();
-    let delimiter = if first_line.contains(';') && !first_line.contains(',') {
-        b';'
-    } else {
-        b','
-    };
     let csv_error = |source| ReplayError::Csv {
         path: path.to_path_buf(),
         cause: source,
     };
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
+    let mut reader = crate::dataset::csv_reader(text.as_bytes());
     let header: Vec<String> = reader
         .headers()
         .map_err(csv_error)?
