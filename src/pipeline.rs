@@ -36,6 +36,8 @@ pub const HEADER_REASON_KIND: &str = "iot-anomaly.reason-kind";
 pub const HEADER_SOURCE_TOPIC: &str = "iot-anomaly.source-topic";
 pub const HEADER_SOURCE_PARTITION: &str = "iot-anomaly.source-partition";
 pub const HEADER_SOURCE_OFFSET: &str = "iot-anomaly.source-offset";
+/// Marks the aborted record written by the exactly-once start-up check.
+pub const HEADER_TRANSACTION_PROBE: &str = "iot-anomaly.transaction-probe";
 /// Original size in bytes of an oversized payload, of which only a prefix was kept.
 pub const HEADER_TRUNCATED_FROM: &str = "iot-anomaly.truncated-from";
 
@@ -210,6 +212,8 @@ impl Pipeline {
         if exactly_once {
             producer
                 .init_transactions(TRANSACTION_TIMEOUT)
+                .map_err(|source| PipelineError::TransactionsUnsupported { cause: source })?;
+            probe_transactions(&producer, &settings.kafka.deadletter_topic)
                 .map_err(|source| PipelineError::TransactionsUnsupported { cause: source })?;
             tracing::info!("exactly-once delivery: one Kafka transaction per batch");
         }
@@ -620,6 +624,29 @@ impl Pipeline {
             tracing::error!(%error, "aborting the transaction failed");
         }
     }
+}
+
+/// Runs one aborted transaction holding an empty record for `topic`, because some
+/// brokers (tansu 0.6.0) accept InitProducerId but reject the EndTxn that ends every
+/// transaction. Consumers reading with `read_committed`, as exactly-once requires,
+/// never see the aborted record.
+fn probe_transactions(producer: &FutureProducer, topic: &str) -> Result<(), KafkaError> {
+    producer.begin_transaction()?;
+    let probe =
+        FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(&[])
+            .headers(OwnedHeaders::new().insert(Header {
+                key: HEADER_TRANSACTION_PROBE,
+                value: Some("aborted at start-up"),
+            }));
+    let sent = match producer.send_result(probe) {
+        // Flushing makes the record reach the broker, so the transaction really
+        // involves a partition and the abort needs EndTxn.
+        Ok(_delivery) => producer.flush(TRANSACTION_TIMEOUT),
+        Err((error, _)) => Err(error),
+    };
+    let aborted = producer.abort_transaction(TRANSACTION_TIMEOUT);
+    sent.and(aborted)
 }
 
 /// Waits for the next replacement model; never resolves without a watcher.

@@ -613,3 +613,38 @@ async fn malformed_corpus_goes_to_dead_letters() {
     }
     assert_eq!(reader.verdict_count(), WINDOW as usize);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_without_broker_support_stops_at_startup() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Tansu::start();
+    broker.create_scoring_topics(1);
+    let config = scorer_config(
+        dir.path(),
+        "eos",
+        &broker.bootstrap(),
+        &model(dir.path()),
+        "",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[kafka]\n", "[kafka]\ndelivery = \"exactly_once\"\n"),
+    )
+    .unwrap();
+
+    // tansu 0.6.0 accepts InitProducerId but rejects EndTxn.
+    let output = std::process::Command::new(common::tansu::SCORER_BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env(
+            "IOT_ANOMALY__HTTP__BIND",
+            format!("127.0.0.1:{}", common::tansu::free_port()),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("rejected Kafka transactions"), "{stderr}");
+    assert!(stderr.contains("kafka.delivery"), "{stderr}");
+}
