@@ -45,6 +45,8 @@ pub const HEADER_TRUNCATED_FROM: &str = "iot-anomaly.truncated-from";
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A delivery unacknowledged for this long marks the service not ready.
+// NOTE: a broker that stops answering while the scorer only waits on fetches (no
+// delivery pending) flips /readyz only when the group session expires.
 const DELIVERY_STALL: Duration = Duration::from_secs(5);
 
 /// Maximum time for one transactional call (init, send offsets, commit, abort).

@@ -383,7 +383,10 @@ async fn broker_outage_sets_not_ready_then_resumes() {
         .replace(
             "\"max.poll.interval.ms\" = \"15000\"",
             "\"max.poll.interval.ms\" = \"60000\"",
-        );
+        )
+        // Verdicts wait 1 s in the producer, so when the broker stops the scorer is
+        // almost always waiting for an acknowledgement, which is what flips /readyz.
+        .replace("\"linger.ms\" = \"2\"", "\"linger.ms\" = \"1000\"");
     std::fs::write(&config, text).unwrap();
     let replica = Replica::start(&config, dir.path(), "scorer");
     wait_until(Duration::from_secs(60), "the replica to be ready", || {
