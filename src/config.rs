@@ -339,7 +339,7 @@ pub struct FeatureSpec {
     pub max: Option<f64>,
 }
 
-/// Where training history comes from and how its rows are labelled.
+/// Source of the training history and of its labels.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatasetSettings {
@@ -356,7 +356,7 @@ pub struct DatasetSettings {
     pub anomaly_windows: Vec<[i64; 2]>,
 }
 
-/// How normal windows are divided into training, validation and calibration sets.
+/// Division of the normal windows into training, validation and calibration sets.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SplitMethod {
@@ -366,7 +366,7 @@ pub enum SplitMethod {
     PerRun,
 }
 
-/// How the threshold is derived from held-out normal window scores.
+/// Derivation of the threshold from held-out normal window scores.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ThresholdMethod {

@@ -46,7 +46,7 @@ pub enum DatasetError {
     Empty { path: PathBuf },
 }
 
-/// Where labels came from.
+/// Origin of the labels.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
 pub enum LabelSource {

@@ -45,7 +45,7 @@ pub const HEADER_TRUNCATED_FROM: &str = "iot-anomaly.truncated-from";
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A delivery unacknowledged for this long marks the service not ready.
-// NOTE: a broker that stops answering while the scorer only waits on fetches (no
+// NOTE: a broker that stops responding while the scorer only waits on fetches (no
 // delivery pending) flips /readyz only when the group session expires.
 const DELIVERY_STALL: Duration = Duration::from_secs(5);
 
@@ -118,7 +118,7 @@ impl ClientContext for ScoringContext {
     fn error(&self, error: KafkaError, reason: &str) {
         let all_down = matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown));
         if all_down && !self.health.brokers_down.swap(true, Ordering::Relaxed) {
-            tracing::warn!(%error, reason, "all brokers down; not ready until one answers, librdkafka keeps retrying");
+            tracing::warn!(%error, reason, "all brokers down; not ready until one responds, librdkafka keeps retrying");
             return;
         }
         // Repeats of the same failure would flood the log while a broker is away.

@@ -32,7 +32,7 @@ pub struct SensorRecord {
     pub values: Vec<f32>,
 }
 
-/// Why a message cannot be scored.
+/// Reason a message cannot be scored.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RejectReason {
     #[error("empty message")]

@@ -26,7 +26,7 @@ pub fn spawn_watcher(settings: &ModelSettings, metrics: Metrics) -> mpsc::Receiv
     receiver
 }
 
-/// Why a new checkpoint cannot replace the running one.
+/// Returns why a new checkpoint cannot replace the running one, if it cannot.
 pub fn incompatibility(running: &ModelMeta, candidate: &ModelMeta) -> Option<String> {
     let names = |meta: &ModelMeta| meta.features.names().map(str::to_owned).collect::<Vec<_>>();
     if names(running) != names(candidate) {

@@ -34,7 +34,8 @@ fn save_load_gives_identical_scores() {
     let b = second.score_windows(&mut windows());
     assert_eq!(a.len(), 2);
     assert_eq!(a, b);
-    assert!(a[0].score.is_finite() && a[0].score > 0.0);
+    assert!(a[0].score.is_finite());
+    assert!(a[0].score > 0.0);
     assert_eq!(first.meta(), &meta);
     assert!(dir.path().join(TORCHSCRIPT_FILE).is_file());
 }

@@ -447,7 +447,7 @@ struct Case {
 fn corpus() -> Vec<Case> {
     let valid = r#"{"device_id":"c","temperatura":25.1,"umidade":60.5,"qualidade_do_ar":75,"luz":628.0,"som":145.0}"#;
     let with = |from: &str, to: &str| valid.replace(from, to).into_bytes();
-    // 30,000 levels: deep, yet under the 64 KiB message limit, so the parser sees it.
+    // 30,000 levels: deep, yet under the 64 KiB message limit, so the parser reads it.
     let nested = valid.replace(
         "145.0",
         &format!("{}1{}", "[".repeat(30_000), "]".repeat(30_000)),

@@ -40,7 +40,7 @@ pub enum CheckpointError {
     Write { path: PathBuf, message: String },
 }
 
-/// How the alarm threshold was derived.
+/// Alarm threshold and its derivation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdInfo {
@@ -53,7 +53,7 @@ pub struct ThresholdInfo {
     pub calibration_windows: usize,
 }
 
-/// Where the model came from; lets a user trace a verdict back to its data.
+/// Provenance of the model, so a verdict can be traced back to its data.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingInfo {

@@ -91,7 +91,7 @@ impl Tansu {
         });
     }
 
-    /// The broker's own log, for failure messages.
+    /// Returns the broker's own log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
@@ -134,7 +134,7 @@ impl Tansu {
         }
     }
 
-    /// Stops the broker process (SIGSTOP): connections stay open but nothing answers,
+    /// Stops the broker process (SIGSTOP): connections stay open but nothing responds,
     /// as in a long pause or a network partition. Its data survives, unlike a restart
     /// of the in-memory storage, which loses every topic and offset.
     pub fn pause(&self) {
