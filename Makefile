@@ -18,7 +18,7 @@ export LIBTORCH_CXX11_ABI := 1
 
 RELEASE := target/release
 
-.PHONY: help build demo train test broker fuzz fmt clean-models
+.PHONY: help build demo train test broker fuzz skab fmt clean-models
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -43,6 +43,13 @@ broker: ## Run a local tansu broker on 127.0.0.1:9092 with the three topics
 FUZZ_CASES ?= 500000
 fuzz: ## Property-test the record parser with FUZZ_CASES random inputs per property
 	PROPTEST_CASES=$(FUZZ_CASES) cargo test --release --test parser_properties
+
+SKAB_DATA ?= ../shared/data/skab
+SKAB_OUT ?= target/skab
+skab: build ## Run the SKAB benchmark on SKAB_DATA (writes $(SKAB_OUT)/report.json)
+	@test -d "$(SKAB_DATA)" || { echo "SKAB data not found at $(SKAB_DATA): download the data/ folder of github.com/waico/SKAB and run make skab SKAB_DATA=DIR" >&2; exit 1; }
+	mkdir -p $(SKAB_OUT)
+	$(RELEASE)/iot-anomaly-train benchmark skab --data "$(SKAB_DATA)" --config config/skab.toml --report $(SKAB_OUT)/report.json --scores-out $(SKAB_OUT)/scores.csv
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -372,6 +372,9 @@ pub enum SplitMethod {
 pub enum ThresholdMethod {
     /// `multiplier × quantile(q)` of calibration scores.
     Quantile,
+    /// Peaks over threshold: a generalized Pareto tail fitted to the calibration
+    /// scores above an initial quantile, extrapolated to a false-alarm risk per window.
+    Pot,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -395,6 +398,10 @@ pub struct TrainingSettings {
     pub threshold_method: ThresholdMethod,
     pub threshold_quantile: f64,
     pub threshold_multiplier: f64,
+    /// `pot` only: quantile of the calibration scores above which the tail is fitted.
+    pub pot_initial_quantile: f64,
+    /// `pot` only: probability that a normal window scores above the threshold.
+    pub pot_risk: f64,
     /// Threads libtorch may use during training; 0 keeps libtorch's default.
     pub threads: usize,
 }
@@ -416,6 +423,8 @@ impl Default for TrainingSettings {
             threshold_method: ThresholdMethod::Quantile,
             threshold_quantile: 0.99,
             threshold_multiplier: 1.5,
+            pot_initial_quantile: 0.9,
+            pot_risk: 1e-3,
             threads: 0,
         }
     }
@@ -523,6 +532,20 @@ impl Settings {
                 "training.threshold_multiplier",
                 t.threshold_multiplier,
                 "use a positive number",
+            ));
+        }
+        if !(t.pot_initial_quantile > 0.0 && t.pot_initial_quantile < 1.0) {
+            return Err(invalid(
+                "training.pot_initial_quantile",
+                t.pot_initial_quantile,
+                "use a value in (0, 1), typically 0.9 to 0.98",
+            ));
+        }
+        if !(t.pot_risk > 0.0 && t.pot_risk < 1.0 - t.pot_initial_quantile) {
+            return Err(invalid(
+                "training.pot_risk",
+                t.pot_risk,
+                "use a probability above 0 and below 1 - pot_initial_quantile",
             ));
         }
         for feature in &self.features {

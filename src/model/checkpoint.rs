@@ -51,6 +51,24 @@ pub struct ThresholdInfo {
     pub multiplier: f64,
     /// Held-out normal windows the quantile was taken over.
     pub calibration_windows: usize,
+    /// The fitted tail, for the `pot` method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pot: Option<PotFit>,
+}
+
+/// Generalized Pareto fit of the calibration scores above `initial_threshold`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PotFit {
+    pub initial_threshold: f64,
+    /// Shape ξ; above 0 for a heavy tail.
+    pub shape: f64,
+    /// Scale σ, in score units.
+    pub scale: f64,
+    /// Calibration scores above `initial_threshold`.
+    pub excesses: usize,
+    /// Target probability that a normal window exceeds the threshold.
+    pub risk: f64,
 }
 
 /// Provenance of the model, so a verdict can be traced back to its data.

@@ -6,7 +6,7 @@ mod scaler;
 
 pub use autoencoder::{Architecture, LstmAutoencoder};
 pub use checkpoint::{
-    load_checkpoint, save_checkpoint, CheckpointError, LoadedModel, ModelMeta, ThresholdInfo,
-    TrainingInfo, CHECKPOINT_FORMAT, META_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE,
+    load_checkpoint, save_checkpoint, CheckpointError, LoadedModel, ModelMeta, PotFit,
+    ThresholdInfo, TrainingInfo, CHECKPOINT_FORMAT, META_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE,
 };
 pub use scaler::Scaler;

@@ -56,6 +56,7 @@ pub fn random_checkpoint(dir: &Path, window: i64, threshold: f64, seed: i64) -> 
             quantile: 0.99,
             multiplier: 1.0,
             calibration_windows: 1,
+            pot: None,
         },
         training: TrainingInfo {
             data_path: ANOML_CSV.into(),

@@ -2,6 +2,7 @@
 //! windows and the split), [`train`] (the fit loop), [`calibrate`] (error scales and
 //! threshold); this file runs them and evaluates the result with the service's code.
 
+pub mod benchmark;
 pub mod calibrate;
 pub mod data;
 pub mod train;
@@ -30,7 +31,7 @@ pub struct Trained {
     pub report: EvaluationReport,
 }
 
-fn csv_options(settings: &Settings) -> CsvOptions {
+pub(crate) fn csv_options(settings: &Settings) -> CsvOptions {
     CsvOptions {
         time_column: settings.dataset.time_column.clone(),
         label_column: settings.dataset.label_column.clone(),
@@ -47,18 +48,63 @@ pub fn train_checkpoint(
     data_path: &Path,
     out: &Path,
 ) -> anyhow::Result<Trained> {
+    eprintln!("loading {}", data_path.display());
+    let series = load_csv(data_path, schema, &csv_options(settings))?;
+    let version = model_version(out, &series, &settings.training);
+    let loaded = fit_calibrated(settings, schema, &series, version, Progress::Show)?;
+
+    // Step 4: stream-order evaluation with the service's detector.
+    let mut detector = Detector::new(Scorer::new(loaded), &settings.windows);
+    let (report, outcomes) = evaluate(&mut detector, &series, settings.scoring.max_batch);
+    let sweep = threshold_sweep(&outcomes, SWEEP_POINTS);
+    let mut loaded = detector_into_model(detector);
+    loaded.meta.evaluation = Some(serde_json::to_value(&report)?);
+
+    save_checkpoint(out, &loaded.vars, &loaded.meta)?;
+    let report_json = json!({
+        "model_version": loaded.meta.model_version,
+        "training": loaded.meta.training,
+        "threshold": loaded.meta.threshold,
+        "evaluation": report,
+        "threshold_sweep": sweep,
+    });
+    let report_path = out.join("report.json");
+    std::fs::write(&report_path, serde_json::to_vec_pretty(&report_json)?)
+        .with_context(|| format!("cannot write {}", report_path.display()))?;
+    Ok(Trained { report })
+}
+
+/// Whether a training run prints its steps and a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Show,
+    Hide,
+}
+
+/// Steps 1–3: normal windows of `series`, the fit, the error scales and the
+/// threshold. Returns a model ready to score, with no evaluation attached.
+pub fn fit_calibrated(
+    settings: &Settings,
+    schema: &FeatureSchema,
+    series: &LabelledSeries,
+    model_version: String,
+    progress: Progress,
+) -> anyhow::Result<LoadedModel> {
     let t = &settings.training;
     if t.threads > 0 {
         tch::set_num_threads(t.threads as i32);
     }
     tch::manual_seed(t.seed as i64);
+    let say = |message: String| {
+        if progress == Progress::Show {
+            eprintln!("{message}");
+        }
+    };
 
     // Step 1: data.
-    eprintln!("loading {}", data_path.display());
-    let series = load_csv(data_path, schema, &csv_options(settings))?;
     let features = schema.len();
     let per_window = t.window * features;
-    let windows = data::normal_windows(&series, t.window, features);
+    let windows = data::normal_windows(series, t.window, features);
     let split = match t.split {
         SplitMethod::Chronological => data::split_chronologically(
             &windows,
@@ -73,7 +119,7 @@ pub fn train_checkpoint(
             t.calibration_fraction,
         ),
     };
-    eprintln!(
+    say(format!(
         "{} rows ({} labelled anomalous, labels from {}); {} normal windows of {} steps: {} train, {} validation, {} calibration",
         series.records.len(),
         series.anomalous_count(),
@@ -83,10 +129,11 @@ pub fn train_checkpoint(
         split.train.count,
         split.validation.count,
         split.calibration.count
-    );
+    ));
     if split.train.count < t.batch_size {
         bail!(
-            "only {} training windows, fewer than training.batch_size = {}; supply more normal history or lower training.window",
+            "{}: only {} training windows, fewer than training.batch_size = {}; supply more normal history or lower training.window",
+            series.path.display(),
             split.train.count,
             t.batch_size
         );
@@ -114,16 +161,17 @@ pub fn train_checkpoint(
         &to_tensor(&split.train),
         &to_tensor(&split.validation),
         t,
+        progress == Progress::Show,
     )?;
-    eprintln!(
+    say(format!(
         "trained {} epochs in {:.1} s; best validation loss {:.5} at epoch {}",
         fit.epochs_run, fit.seconds, fit.best_validation_loss, fit.best_epoch
-    );
+    ));
 
     // Step 3: calibration, through the service's scorer.
     let meta = ModelMeta {
         format: CHECKPOINT_FORMAT.to_string(),
-        model_version: model_version(out, &series, t),
+        model_version,
         created_at: chrono_now(),
         features: schema.clone(),
         architecture: arch,
@@ -135,9 +183,10 @@ pub fn train_checkpoint(
             quantile: t.threshold_quantile,
             multiplier: t.threshold_multiplier,
             calibration_windows: 0,
+            pot: None,
         },
         training: TrainingInfo {
-            data_path: data_path.display().to_string(),
+            data_path: series.path.display().to_string(),
             data_sha256: series.sha256.clone(),
             rows: series.records.len(),
             train_windows: split.train.count,
@@ -168,32 +217,28 @@ pub fn train_checkpoint(
         .map(|s| s.score)
         .collect();
     let threshold = calibrate::threshold(&calibration_scores, t)?;
-    eprintln!(
-        "threshold {:.5} = {} x quantile {} of {} calibration window scores",
-        threshold.value, threshold.multiplier, threshold.quantile, threshold.calibration_windows
-    );
+    say(match &threshold.pot {
+        None => format!(
+            "threshold {:.5} = {} x quantile {} of {} calibration window scores",
+            threshold.value,
+            threshold.multiplier,
+            threshold.quantile,
+            threshold.calibration_windows
+        ),
+        Some(pot) => format!(
+            "threshold {:.5}: peaks over {:.5} ({} of {} calibration window scores), shape {:.3}, scale {:.5}, risk {}",
+            threshold.value,
+            pot.initial_threshold,
+            pot.excesses,
+            threshold.calibration_windows,
+            pot.shape,
+            pot.scale,
+            pot.risk
+        ),
+    });
     let mut loaded = scorer.into_model();
     loaded.meta.threshold = threshold;
-
-    // Step 4: stream-order evaluation with the service's detector.
-    let mut detector = Detector::new(Scorer::new(loaded), &settings.windows);
-    let (report, outcomes) = evaluate(&mut detector, &series, settings.scoring.max_batch);
-    let sweep = threshold_sweep(&outcomes, SWEEP_POINTS);
-    let mut loaded = detector_into_model(detector);
-    loaded.meta.evaluation = Some(serde_json::to_value(&report)?);
-
-    save_checkpoint(out, &loaded.vars, &loaded.meta)?;
-    let report_json = json!({
-        "model_version": loaded.meta.model_version,
-        "training": loaded.meta.training,
-        "threshold": loaded.meta.threshold,
-        "evaluation": report,
-        "threshold_sweep": sweep,
-    });
-    let report_path = out.join("report.json");
-    std::fs::write(&report_path, serde_json::to_vec_pretty(&report_json)?)
-        .with_context(|| format!("cannot write {}", report_path.display()))?;
-    Ok(Trained { report })
+    Ok(loaded)
 }
 
 fn detector_into_model(detector: Detector) -> LoadedModel {

@@ -50,6 +50,7 @@ pub fn fit(
     train: &Tensor,
     validation: &Tensor,
     settings: &TrainingSettings,
+    show_progress: bool,
 ) -> anyhow::Result<FitSummary> {
     let started = Instant::now();
     let mut optimizer = nn::Adam::default()
@@ -66,7 +67,11 @@ pub fn fit(
     let mut epochs_run = 0;
     let mut stale_epochs = 0;
 
-    let bar = ProgressBar::new(settings.max_epochs as u64);
+    let bar = if show_progress {
+        ProgressBar::new(settings.max_epochs as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] epoch {pos}/{len} {msg}")
             .expect("static template")
@@ -104,7 +109,8 @@ pub fn fit(
 
         let message = format!("train loss {train_loss:.5}  validation loss {validation_loss:.5}  best {best_loss:.5} (epoch {best_epoch})");
         bar.set_position(epoch as u64);
-        if bar.is_hidden() {
+        if show_progress && bar.is_hidden() {
+            // No terminal (CI, a pipe): one line per epoch instead of the bar.
             eprintln!("training epoch {epoch}/{}: {message}", settings.max_epochs);
         } else {
             bar.set_message(message);
