@@ -55,7 +55,8 @@ RUN ! ldd /usr/local/bin/iot-anomaly /usr/local/bin/iot-anomaly-train | grep "no
 
 # A fixed non-root UID, so Kubernetes' runAsNonRoot can verify it and volume
 # ownership is predictable.
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin iot-anomaly
+RUN groupadd --system --gid 10001 iot-anomaly \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin iot-anomaly
 
 WORKDIR /app
 COPY config/ config/

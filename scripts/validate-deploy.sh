@@ -16,10 +16,11 @@
 #                          with only those libraries and must load nothing else from
 #                          libtorch
 #
-# Tools are installed once into $IOT_ANOMALY_CACHE/deploy-tools-$TOOLS_VERSION
-# (default ~/.cache/iot-anomaly): docker-compose with apt-get (needs root), promtool
-# extracted from Debian's prometheus package without installing the server, and a
-# Python virtual environment with kubernetes-validate and helm-python-sdk.
+# docker-compose is installed system-wide with apt-get when missing (needs root). The
+# other tools are installed once into $IOT_ANOMALY_CACHE/deploy-tools-$TOOLS_VERSION
+# (default ~/.cache/iot-anomaly): promtool, extracted from Debian's prometheus package
+# without installing the server, and a Python virtual environment with
+# kubernetes-validate and helm-python-sdk.
 #
 # Usage: scripts/validate-deploy.sh            run every check
 #        scripts/validate-deploy.sh --render-k8s   rewrite k8s/rendered/ from the chart
@@ -66,8 +67,8 @@ install_tools() {
         return
     fi
     log "installing promtool, kubernetes-validate and helm-python-sdk into $tools (once)"
-    # Built in place (a virtual environment's scripts hold its absolute path); the
-    # marker file written last tells a finished install from an interrupted one.
+    # Built in place, because a virtual environment's scripts contain its absolute
+    # path. The marker file written last marks the install as finished.
     rm -rf "$tools"
     mkdir -p "$tools/download"
 

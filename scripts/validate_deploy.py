@@ -15,8 +15,8 @@ Subcommands:
                          registered in src/telemetry.rs
   dockerfile LIBTORCH BINARY...
                          every COPY source exists, and every libtorch library the
-                         binaries load is copied into the runtime stage; prints the
-                         copied libraries relative to the libtorch root
+                         binaries load is copied into the runtime stage. Prints the
+                         copied libraries relative to the libtorch root.
   compose-env            print the IOT_ANOMALY__* variables the compose services set,
                          one NAME=VALUE a line
 """
@@ -41,7 +41,7 @@ RULES = ROOT / "deploy/prometheus/rules.yml"
 TELEMETRY = ROOT / "src/telemetry.rs"
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
-# Where the Dockerfile's build stage installs libtorch (IOT_ANOMALY_CACHE there).
+# libtorch directory in the Dockerfile's build stage (its IOT_ANOMALY_CACHE).
 IMAGE_LIBTORCH_ROOT = "/opt/iot-anomaly/libtorch-2.13.0"
 
 # The order `helm template` prints kinds in (Helm's InstallOrder, for the kinds this
@@ -207,6 +207,7 @@ def dockerfile(args):
     libtorch = pathlib.Path(args[0]).resolve()
     binaries = args[1:]
     local_root = libtorch.parent
+
     copied = set()
     for line in DOCKERFILE.read_text().splitlines():
         words = line.split()
@@ -226,6 +227,7 @@ def dockerfile(args):
             for source in sources:
                 if source != "." and not (ROOT / source).exists():
                     raise CheckFailed(f"Dockerfile copies {source}, which is not in the repository")
+
     needed = set()
     for binary in binaries:
         output = subprocess.run(["ldd", binary], check=True, capture_output=True, text=True).stdout
@@ -233,6 +235,7 @@ def dockerfile(args):
             path = pathlib.Path(match.group(1)).resolve()
             if local_root in path.parents:
                 needed.add(str(path.relative_to(local_root)))
+
     missing = sorted(needed - copied)
     if missing:
         raise CheckFailed(f"the binaries load {missing} from libtorch, but the Dockerfile does not copy them")

@@ -290,7 +290,7 @@ impl Default for HttpSettings {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
-    /// Devices that get their own `iot_anomaly_device_anomalies_total` series; anomalies
+    /// Devices that get their own `iot_anomaly_device_anomalies_total` series. Anomalies
     /// of later devices count in the series with an empty `device` label, so the metric
     /// has at most this many plus one series per process.
     pub max_device_series: usize,

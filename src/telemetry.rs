@@ -27,7 +27,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Verdicts by `status`.
     pub verdicts: IntCounterVec,
-    /// Anomaly verdicts by `device`, for the busiest devices.
+    /// Anomaly verdicts by `device`, with at most `metrics.max_device_series` devices
+    /// labelled.
     pub device_anomalies: DeviceCounter,
     /// Windows per inference batch.
     pub batch_windows: Histogram,
