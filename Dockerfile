@@ -39,8 +39,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim AS runtime
 
 # The binaries need, beside glibc: libstdc++6 and libgcc-s1 (apt in the base image
-# depends on both) and zlib1g (priority "required", so in every Debian image), plus
-# the libtorch libraries below. librdkafka is linked statically, without TLS.
+# depends on both) and zlib1g (dpkg pre-depends on it), plus the libtorch libraries
+# below. librdkafka is linked statically, without TLS. The ldd check further down
+# fails the build if any of them is missing.
 # libtorch_cpu.so finds libcudart and libcupti through its own rpath
 # ($ORIGIN/../../nvidia/cu13/lib); neither needs a GPU at run time.
 COPY --from=build /opt/iot-anomaly/libtorch-2.13.0/torch/lib/libtorch_cpu.so /opt/iot-anomaly/libtorch-2.13.0/torch/lib/
