@@ -18,10 +18,10 @@ export LIBTORCH_CXX11_ABI := 1
 
 RELEASE := target/release
 
-.PHONY: help build demo train test broker fuzz skab fmt clean-models
+.PHONY: help build demo train test validate-deploy render-k8s broker fuzz skab fmt clean-models
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 build: ## Build the service and the trainer (release)
 	cargo build --release --workspace
@@ -32,10 +32,17 @@ demo: build ## Train if needed, then replay AnoML-IoT through an in-process Kafk
 train: build ## Retrain models/anoml-iot from data/anoml-iot.csv
 	$(RELEASE)/iot-anomaly-train --config config/anoml-iot.toml --out models/anoml-iot
 
-test: ## Formatting, clippy and every test (builds the tansu test broker once)
+test: ## Formatting, clippy, every test and the deployment checks (installs tools once)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	IOT_ANOMALY_TANSU="$$(scripts/setup-tansu.sh)" cargo test --workspace
+	scripts/validate-deploy.sh
+
+validate-deploy: ## Check Dockerfile, compose, Prometheus, Grafana and k8s files offline
+	scripts/validate-deploy.sh
+
+render-k8s: ## Rewrite k8s/rendered/ from the chart in k8s/
+	scripts/validate-deploy.sh --render-k8s
 
 broker: ## Run a local tansu broker on 127.0.0.1:9092 with the three topics
 	scripts/run-broker.sh

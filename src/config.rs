@@ -41,6 +41,7 @@ pub struct Settings {
     pub windows: WindowSettings,
     pub input: InputSettings,
     pub http: HttpSettings,
+    pub metrics: MetricsSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
     /// Feature schema used for training; the service reads it from the checkpoint.
@@ -282,6 +283,23 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             bind: "0.0.0.0:9898".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Devices that get their own `iot_anomaly_device_anomalies_total` series. Anomalies
+    /// of later devices count in the series with an empty `device` label, so the metric
+    /// has at most this many plus one series per process.
+    pub max_device_series: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            max_device_series: 1000,
         }
     }
 }

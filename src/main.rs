@@ -346,7 +346,7 @@ async fn serve(config: &Path, log_format: Option<LogFormat>) -> anyhow::Result<(
     })?;
 
     let shutdown_timeout_s = settings.shutdown.timeout_s;
-    let metrics = Metrics::new();
+    let metrics = Metrics::with_max_device_series(settings.metrics.max_device_series);
     let health = Arc::new(Health::default());
     let detector = Detector::new(Scorer::new(loaded), &settings.windows);
     let updates = iot_anomaly::reload::spawn_watcher(&settings.model, metrics.clone());

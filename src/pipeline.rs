@@ -468,7 +468,7 @@ impl Pipeline {
                     .await?;
                     deliveries.push((
                         future,
-                        Some((assessment.status, record.ts_ms)),
+                        Some((assessment.status, record.ts_ms, record.device_id.as_str())),
                         &output_topic,
                     ));
                     self.metrics
@@ -557,10 +557,11 @@ impl Pipeline {
                     cause: source,
                 });
             }
-            if let Some((status, ts_ms)) = verdict {
+            if let Some((status, ts_ms, device_id)) = verdict {
                 self.stats.verdicts += 1;
                 if status == Status::Anomaly {
                     self.stats.anomalies += 1;
+                    self.metrics.device_anomalies.inc(device_id);
                 }
                 self.metrics
                     .verdicts

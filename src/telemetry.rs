@@ -1,8 +1,9 @@
 //! Prometheus metrics, the `/metrics` `/healthz` `/readyz` HTTP endpoints and log set-up.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,7 +15,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, MetricsSettings};
 
 /// Metric handles; cloning shares the same series.
 #[derive(Clone)]
@@ -26,6 +27,9 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Verdicts by `status`.
     pub verdicts: IntCounterVec,
+    /// Anomaly verdicts by `device`, with at most `metrics.max_device_series` devices
+    /// labelled.
+    pub device_anomalies: DeviceCounter,
     /// Windows per inference batch.
     pub batch_windows: Histogram,
     pub inference_seconds: Histogram,
@@ -45,7 +49,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Creates the metrics with the default `metrics.max_device_series`.
     pub fn new() -> Self {
+        Self::with_max_device_series(MetricsSettings::default().max_device_series)
+    }
+
+    /// Creates the metrics; `max_device_series` devices get their own series in
+    /// `iot_anomaly_device_anomalies_total`.
+    pub fn with_max_device_series(max_device_series: usize) -> Self {
         let registry =
             Registry::new_custom(Some("iot_anomaly".into()), None).expect("static prefix is valid");
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
@@ -80,6 +91,15 @@ impl Metrics {
             "Verdicts published, by status.",
             &["status"],
         );
+        let device_anomalies = DeviceCounter {
+            counter: counter_vec(
+                "device_anomalies_total",
+                "Anomaly verdicts published, by device; devices beyond metrics.max_device_series count under device=\"\".",
+                &["device"],
+            ),
+            limit: max_device_series,
+            labelled: Arc::new(Mutex::new(HashSet::new())),
+        };
         let model_reloads = counter_vec(
             "model_reloads_total",
             "Model reload attempts, by result.",
@@ -145,6 +165,7 @@ impl Metrics {
             records_consumed,
             dead_letters,
             verdicts,
+            device_anomalies,
             batch_windows,
             inference_seconds,
             record_latency_seconds,
@@ -170,6 +191,29 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A counter with a `device` label whose series count is bounded: the first `limit`
+/// devices seen get their own series, later ones share the series `device=""`. The
+/// record parser rejects empty device ids, so that series cannot be a real device.
+#[derive(Clone)]
+pub struct DeviceCounter {
+    counter: IntCounterVec,
+    limit: usize,
+    /// Devices that have their own series.
+    labelled: Arc<Mutex<HashSet<String>>>,
+}
+
+impl DeviceCounter {
+    /// Adds one to `device`'s series, or to the shared series once `limit` devices
+    /// have their own.
+    pub fn inc(&self, device: &str) {
+        let mut labelled = self.labelled.lock().unwrap_or_else(PoisonError::into_inner);
+        let has_series = labelled.contains(device)
+            || (labelled.len() < self.limit && labelled.insert(device.to_owned()));
+        let label = if has_series { device } else { "" };
+        self.counter.with_label_values(&[label]).inc();
     }
 }
 
@@ -249,4 +293,31 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
     // A second call (tests, demo after serve) keeps the first subscriber.
     drop(result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_series_stop_at_limit() {
+        let metrics = Metrics::with_max_device_series(2);
+        for device in ["a", "b", "c", "a", "d"] {
+            metrics.device_anomalies.inc(device);
+        }
+        let rendered = metrics.render();
+        assert!(rendered.contains("iot_anomaly_device_anomalies_total{device=\"a\"} 2"));
+        assert!(rendered.contains("iot_anomaly_device_anomalies_total{device=\"b\"} 1"));
+        assert!(rendered.contains("iot_anomaly_device_anomalies_total{device=\"\"} 2"));
+        assert!(!rendered.contains("device=\"c\""));
+        assert!(!rendered.contains("device=\"d\""));
+    }
+
+    #[test]
+    fn zero_device_series_share_one() {
+        let metrics = Metrics::with_max_device_series(0);
+        metrics.device_anomalies.inc("a");
+        let rendered = metrics.render();
+        assert!(rendered.contains("iot_anomaly_device_anomalies_total{device=\"\"} 1"));
+    }
 }
