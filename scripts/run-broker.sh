@@ -23,5 +23,6 @@ done
 "$tansu" topic create sensors.raw --broker "$url" --partitions "$partitions"
 "$tansu" topic create sensors.scored --broker "$url" --partitions "$partitions"
 "$tansu" topic create sensors.deadletter --broker "$url" --partitions 1
-echo "tansu broker on 127.0.0.1:$port with sensors.raw, sensors.scored, sensors.deadletter; Ctrl-C stops it" >&2
+"$tansu" topic create sensors.alerts --broker "$url" --partitions "$partitions"
+echo "tansu broker on 127.0.0.1:$port with sensors.raw, sensors.scored, sensors.deadletter, sensors.alerts; Ctrl-C stops it" >&2
 wait "$broker_pid"

@@ -42,6 +42,7 @@ pub struct Settings {
     pub input: InputSettings,
     pub http: HttpSettings,
     pub metrics: MetricsSettings,
+    pub alerts: AlertSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
     /// Feature schema used for training; the service reads it from the checkpoint.
@@ -61,6 +62,8 @@ pub struct KafkaSettings {
     pub input_topic: String,
     pub output_topic: String,
     pub deadletter_topic: String,
+    /// Alert episode events (`opened`, `closed`); see [`AlertSettings`].
+    pub alerts_topic: String,
     pub delivery: Delivery,
     /// `transactional.id` prefix in exactly-once mode; each process appends its own
     /// suffix because consumer-group fencing, not the id, protects against zombies.
@@ -81,6 +84,7 @@ impl Default for KafkaSettings {
             input_topic: "sensors.raw".into(),
             output_topic: "sensors.scored".into(),
             deadletter_topic: "sensors.deadletter".into(),
+            alerts_topic: "sensors.alerts".into(),
             delivery: Delivery::AtLeastOnce,
             transactional_id: "iot-anomaly".into(),
             properties: BTreeMap::new(),
@@ -143,6 +147,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("input_topic", &self.input_topic)
             .field("output_topic", &self.output_topic)
             .field("deadletter_topic", &self.deadletter_topic)
+            .field("alerts_topic", &self.alerts_topic)
             .field("delivery", &self.delivery)
             .field("transactional_id", &self.transactional_id)
             .field("properties", &masked(&self.properties))
@@ -300,6 +305,29 @@ impl Default for MetricsSettings {
     fn default() -> Self {
         Self {
             max_device_series: 1000,
+        }
+    }
+}
+
+/// Alert episodes on `kafka.alerts_topic`: a device's episode opens when
+/// `open_after` of its last `of_last` scored verdicts are anomalies and closes after
+/// `close_after` normal verdicts in a row.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    pub enabled: bool,
+    pub open_after: usize,
+    pub of_last: usize,
+    pub close_after: usize,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            open_after: 3,
+            of_last: 5,
+            close_after: 10,
         }
     }
 }
@@ -550,6 +578,21 @@ impl Settings {
                 "training.threshold_multiplier",
                 t.threshold_multiplier,
                 "use a positive number",
+            ));
+        }
+        let alerts = &self.alerts;
+        if !(1..=alerts.of_last).contains(&alerts.open_after) || alerts.of_last > 1000 {
+            return Err(invalid(
+                "alerts.open_after/of_last",
+                format!("{}/{}", alerts.open_after, alerts.of_last),
+                "use 1 <= open_after <= of_last <= 1000",
+            ));
+        }
+        if alerts.close_after == 0 {
+            return Err(invalid(
+                "alerts.close_after",
+                alerts.close_after,
+                "use at least 1 normal verdict",
             ));
         }
         if !(t.pot_initial_quantile > 0.0 && t.pot_initial_quantile < 1.0) {

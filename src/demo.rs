@@ -115,12 +115,13 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     cluster.create_topic(&k.input_topic, INPUT_PARTITIONS, 1)?;
     cluster.create_topic(&k.output_topic, INPUT_PARTITIONS, 1)?;
     cluster.create_topic(&k.deadletter_topic, 1, 1)?;
+    cluster.create_topic(&k.alerts_topic, INPUT_PARTITIONS, 1)?;
     k.brokers = cluster.bootstrap_servers();
     k.group_id = "iot-anomaly-demo".into();
     k.consumer.insert("fetch.wait.max.ms".into(), "10".into());
     println!(
-        "brokers {}: topics {}, {}, {}",
-        k.brokers, k.input_topic, k.output_topic, k.deadletter_topic
+        "brokers {}: topics {}, {}, {}, {}",
+        k.brokers, k.input_topic, k.output_topic, k.deadletter_topic, k.alerts_topic
     );
 
     let metrics = Metrics::new();

@@ -10,6 +10,7 @@
 //!   [`kafka`] (client builders), [`dataset`] (CSV history and labels);
 //! - foundations: [`config`], [`schema`], [`window`], [`model`], [`telemetry`].
 
+pub mod alerts;
 pub mod config;
 pub mod dataset;
 pub mod detector;

@@ -246,11 +246,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cluster.create_topic(&kafka.input_topic, partitions, 1)?;
             cluster.create_topic(&kafka.output_topic, partitions, 1)?;
             cluster.create_topic(&kafka.deadletter_topic, 1, 1)?;
+            cluster.create_topic(&kafka.alerts_topic, partitions, 1)?;
             // Scripts read this line to find the port.
             println!("bootstrap.servers={}", cluster.bootstrap_servers());
             eprintln!(
-                "mock cluster running with topics {}, {}, {}; Ctrl-C or SIGTERM stops it",
-                kafka.input_topic, kafka.output_topic, kafka.deadletter_topic
+                "mock cluster running with topics {}, {}, {}, {}; Ctrl-C or SIGTERM stops it",
+                kafka.input_topic, kafka.output_topic, kafka.deadletter_topic, kafka.alerts_topic
             );
             wait_for_signal().await;
             Ok(())

@@ -20,6 +20,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::{mpsc, watch};
 
+use crate::alerts::{AlertEventKind, AlertTracker, Observation};
 use crate::config::{Delivery, Settings};
 use crate::detector::Detector;
 use crate::kafka::{self, KafkaError};
@@ -164,6 +165,7 @@ pub struct Pipeline {
     settings: Settings,
     parser: RecordParser,
     detector: Detector,
+    alerts: AlertTracker,
     consumer: StreamConsumer<ScoringContext>,
     producer: FutureProducer,
     metrics: Metrics,
@@ -173,6 +175,18 @@ pub struct Pipeline {
     exactly_once: bool,
     /// New checkpoints from [`crate::reload::watch`], applied between batches.
     model_updates: Option<mpsc::Receiver<Scorer>>,
+}
+
+/// What a produced message was, for the bookkeeping done once the broker
+/// acknowledges it.
+enum Output<'a> {
+    Verdict {
+        status: Status,
+        ts_ms: i64,
+        device_id: &'a str,
+    },
+    DeadLetter,
+    Alert(AlertEventKind),
 }
 
 /// One consumed message with what the pipeline decided for it.
@@ -223,6 +237,7 @@ impl Pipeline {
         Ok(Self {
             exactly_once,
             model_updates: None,
+            alerts: AlertTracker::new(&settings.alerts, settings.windows.max_devices),
             settings,
             parser,
             detector,
@@ -433,6 +448,7 @@ impl Pipeline {
         let mut windows_in_batch = 0u64;
         let output_topic = self.settings.kafka.output_topic.clone();
         let deadletter_topic = self.settings.kafka.deadletter_topic.clone();
+        let alerts_topic = self.settings.kafka.alerts_topic.clone();
 
         for item in &items {
             let message = &item.message;
@@ -468,13 +484,50 @@ impl Pipeline {
                     .await?;
                     deliveries.push((
                         future,
-                        Some((assessment.status, record.ts_ms, record.device_id.as_str())),
+                        Output::Verdict {
+                            status: assessment.status,
+                            ts_ms: record.ts_ms,
+                            device_id: record.device_id.as_str(),
+                        },
                         &output_topic,
                     ));
                     self.metrics
                         .records_consumed
                         .with_label_values(&["scored"])
                         .inc();
+
+                    let event = assessment.score.as_ref().and_then(|score| {
+                        self.alerts.observe(Observation {
+                            device_id: &record.device_id,
+                            ts_ms: record.ts_ms,
+                            status: assessment.status,
+                            score: score.score,
+                            threshold: verdict.threshold,
+                            top_feature: verdict.top_feature.as_deref(),
+                            model_version: &verdict.model_version,
+                        })
+                    });
+                    if let Some(event) = event {
+                        let payload = serde_json::to_vec(&event)?;
+                        let future = send_in_order(
+                            &self.producer,
+                            &self.metrics,
+                            FutureRecord::to(&alerts_topic)
+                                .key(record.device_id.as_bytes())
+                                .payload(&payload),
+                        )
+                        .await?;
+                        deliveries.push((future, Output::Alert(event.event), &alerts_topic));
+                        tracing::info!(
+                            alert_id = %event.alert_id,
+                            event = event.event.as_str(),
+                            device_id = %event.device_id,
+                            peak_score = event.peak_score,
+                            top_feature = event.top_feature.as_deref().unwrap_or(""),
+                            "alert episode {}",
+                            event.event.as_str()
+                        );
+                    }
                 }
                 Err(reason) => {
                     let mut headers = dead_letter_headers(&reason, message);
@@ -495,7 +548,7 @@ impl Pipeline {
                         record = record.key(key);
                     }
                     let future = send_in_order(&self.producer, &self.metrics, record).await?;
-                    deliveries.push((future, None, &deadletter_topic));
+                    deliveries.push((future, Output::DeadLetter, &deadletter_topic));
                     self.metrics
                         .records_consumed
                         .with_label_values(&["dead_lettered"])
@@ -525,7 +578,7 @@ impl Pipeline {
         }
         self.metrics.batch_windows.observe(windows_in_batch as f64);
 
-        for (mut future, verdict, topic) in deliveries {
+        for (mut future, output, topic) in deliveries {
             // librdkafka retries until message.timeout.ms; meanwhile a broker that stopped
             // answering makes the service not ready instead of silently stalling.
             let acknowledgement = match tokio::time::timeout(DELIVERY_STALL, &mut future).await {
@@ -557,25 +610,33 @@ impl Pipeline {
                     cause: source,
                 });
             }
-            if let Some((status, ts_ms, device_id)) = verdict {
-                self.stats.verdicts += 1;
-                if status == Status::Anomaly {
-                    self.stats.anomalies += 1;
-                    self.metrics.device_anomalies.inc(device_id);
-                }
-                self.metrics
-                    .verdicts
-                    .with_label_values(&[status.as_str()])
-                    .inc();
-                let latency_ms = chrono::Utc::now().timestamp_millis() - ts_ms;
-                if latency_ms >= 0 {
+            match output {
+                Output::Verdict {
+                    status,
+                    ts_ms,
+                    device_id,
+                } => self.count_verdict(status, ts_ms, device_id),
+                Output::Alert(kind) => {
                     self.metrics
-                        .record_latency_seconds
-                        .observe(latency_ms as f64 / 1000.0);
+                        .alerts
+                        .with_label_values(&[kind.as_str()])
+                        .inc();
                 }
+                Output::DeadLetter => {}
             }
         }
 
+        self.metrics
+            .alerts_open
+            .set(self.alerts.open_count() as i64);
+        let dropped = self.alerts.take_evicted_open();
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                max_devices = self.settings.windows.max_devices,
+                "dropped the alert state of devices with an open episode to stay within windows.max_devices; those episodes get no closed event"
+            );
+        }
         self.metrics
             .devices_tracked
             .set(self.detector.device_count() as i64);
@@ -589,6 +650,25 @@ impl Pipeline {
             .with_label_values(&["capacity"])
             .inc_by(events.evicted_capacity);
         Ok(offsets)
+    }
+
+    /// Counts one acknowledged verdict in the stats and metrics.
+    fn count_verdict(&mut self, status: Status, ts_ms: i64, device_id: &str) {
+        self.stats.verdicts += 1;
+        if status == Status::Anomaly {
+            self.stats.anomalies += 1;
+            self.metrics.device_anomalies.inc(device_id);
+        }
+        self.metrics
+            .verdicts
+            .with_label_values(&[status.as_str()])
+            .inc();
+        let latency_ms = chrono::Utc::now().timestamp_millis() - ts_ms;
+        if latency_ms >= 0 {
+            self.metrics
+                .record_latency_seconds
+                .observe(latency_ms as f64 / 1000.0);
+        }
     }
 
     /// Stores the next offset to consume for each partition, for auto-commit.

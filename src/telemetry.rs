@@ -46,6 +46,10 @@ pub struct Metrics {
     /// Records between the consumer's position and the partition's end, by `topic`
     /// and `partition`, from librdkafka statistics.
     pub consumer_lag: IntGaugeVec,
+    /// Alert events acknowledged by the broker, by `event` (`opened`, `closed`).
+    pub alerts: IntCounterVec,
+    /// Devices with an open alert episode in this process.
+    pub alerts_open: IntGauge,
 }
 
 impl Metrics {
@@ -160,6 +164,20 @@ impl Metrics {
             .register(Box::new(model_info.clone()))
             .expect("metric names are unique");
 
+        let alerts = counter_vec(
+            "alerts_total",
+            "Alert episode events published, by event.",
+            &["event"],
+        );
+        let alerts_open = IntGauge::new(
+            "alerts_open",
+            "Devices with an open alert episode in this process.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(alerts_open.clone()))
+            .expect("metric names are unique");
+
         Self {
             registry,
             records_consumed,
@@ -175,6 +193,8 @@ impl Metrics {
             model_info,
             model_reloads,
             consumer_lag,
+            alerts,
+            alerts_open,
         }
     }
 

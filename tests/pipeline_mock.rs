@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::mock::{header, Harness};
+use iot_anomaly::alerts::AlertEventKind;
 use iot_anomaly::pipeline::{HEADER_REASON, HEADER_REASON_KIND, HEADER_SOURCE_OFFSET};
 use iot_anomaly::replay::ReplayMessage;
 use iot_anomaly::verdict::Status;
@@ -183,4 +184,88 @@ async fn every_record_gets_one_outcome() {
         1
     );
     assert!(metrics.render().contains("iot_anomaly_verdicts_total"));
+}
+
+/// A reading of device `device` at `step` (10 s apart): the scaler's mean of the
+/// random checkpoint when `fault` is false, a temperature 75 standard deviations off
+/// when it is true.
+fn reading(device: &str, step: usize, fault: bool) -> ReplayMessage {
+    let temperature = if fault { 100.0 } else { 25.0 };
+    let payload = format!(
+        r#"{{"device_id": "{device}", "ts": {}, "temperatura": {temperature}, "umidade": 60.0, "qualidade_do_ar": 75, "luz": 630, "som": 150}}"#,
+        1_700_000_000 + step as i64 * 10,
+    );
+    ReplayMessage {
+        key: Some(device.to_string()),
+        payload: payload.into_bytes(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_fault_is_one_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    // Readings at the scaler's mean score far below 50; the faulty ones far above.
+    common::random_checkpoint(dir.path(), WINDOW, 50.0, 5);
+    let harness = Harness::start(dir.path(), 2);
+
+    // pump-1: 20 normal readings, a 30-reading fault, 30 normal; pump-2: all normal.
+    let mut messages = Vec::new();
+    for step in 0..80 {
+        messages.push(reading("pump-1", step, (20..50).contains(&step)));
+        messages.push(reading("pump-2", step, false));
+    }
+    harness.produce(&messages).await;
+    let collected = harness
+        .collect(
+            messages.len(),
+            0,
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+        )
+        .await;
+    let metrics = harness.metrics.clone();
+    harness.stop().await;
+
+    let anomalies: Vec<_> = collected
+        .verdicts
+        .iter()
+        .filter(|v| v.device_id == "pump-1" && v.status == Status::Anomaly)
+        .collect();
+    assert!(
+        anomalies.len() >= 30,
+        "{} anomaly verdicts",
+        anomalies.len()
+    );
+    assert!(collected
+        .verdicts
+        .iter()
+        .filter(|v| v.device_id == "pump-2")
+        .all(|v| v.status != Status::Anomaly));
+
+    // Dozens of anomaly verdicts, one episode.
+    assert_eq!(collected.alerts.len(), 2, "{:?}", collected.alerts);
+    let opened = &collected.alerts[0];
+    let closed = &collected.alerts[1];
+    assert_eq!(opened.event, AlertEventKind::Opened);
+    assert_eq!(closed.event, AlertEventKind::Closed);
+    assert_eq!(opened.device_id, "pump-1");
+    assert_eq!(closed.alert_id, opened.alert_id);
+
+    let first = anomalies.iter().map(|v| v.ts.as_str()).min().unwrap();
+    let last = anomalies.iter().map(|v| v.ts.as_str()).max().unwrap();
+    assert_eq!(opened.start, first);
+    assert_eq!(closed.start, first);
+    assert_eq!(closed.end.as_deref(), Some(last));
+    assert_eq!(closed.anomalous_verdicts, anomalies.len() as u64);
+    assert_eq!(closed.top_feature.as_deref(), Some("Temperature"));
+    let peak = anomalies
+        .iter()
+        .filter_map(|v| v.score)
+        .fold(f64::MIN, f64::max);
+    assert_eq!(closed.peak_score, peak);
+
+    let alerts = |event: &str| metrics.alerts.with_label_values(&[event]).get();
+    assert_eq!(alerts("opened"), 1);
+    assert_eq!(alerts("closed"), 1);
+    assert_eq!(metrics.alerts_open.get(), 0);
 }

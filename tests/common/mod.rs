@@ -116,11 +116,12 @@ pub mod mock {
         pub metrics: Metrics,
     }
 
-    /// Everything read back from the output and dead-letter topics.
+    /// Everything read back from the output, dead-letter and alerts topics.
     #[derive(Default)]
     pub struct Collected {
         pub verdicts: Vec<Verdict>,
         pub dead_letters: Vec<OwnedMessage>,
+        pub alerts: Vec<iot_anomaly::alerts::AlertEvent>,
     }
 
     impl Harness {
@@ -157,6 +158,9 @@ pub mod mock {
                 .unwrap();
             cluster
                 .create_topic(&settings.kafka.deadletter_topic, 1, 1)
+                .unwrap();
+            cluster
+                .create_topic(&settings.kafka.alerts_topic, partitions, 1)
                 .unwrap();
 
             let detector = Detector::new(
@@ -220,6 +224,7 @@ pub mod mock {
                 .subscribe(&[
                     &self.settings.kafka.output_topic,
                     &self.settings.kafka.deadletter_topic,
+                    &self.settings.kafka.alerts_topic,
                 ])
                 .unwrap();
             let mut collected = Collected::default();
@@ -253,6 +258,10 @@ pub mod mock {
                 }
                 if message.topic() == self.settings.kafka.deadletter_topic {
                     collected.dead_letters.push(message);
+                } else if message.topic() == self.settings.kafka.alerts_topic {
+                    collected
+                        .alerts
+                        .push(serde_json::from_slice(message.payload().unwrap()).unwrap());
                 } else {
                     collected
                         .verdicts

@@ -119,11 +119,13 @@ impl Tansu {
         );
     }
 
-    /// Creates the input, output and dead-letter topics with their default names.
+    /// Creates the input, output, dead-letter and alerts topics with their default
+    /// names.
     pub fn create_scoring_topics(&self, partitions: u32) {
         self.create_topic("sensors.raw", partitions);
         self.create_topic("sensors.scored", partitions);
         self.create_topic("sensors.deadletter", 1);
+        self.create_topic("sensors.alerts", partitions);
     }
 
     /// Kills the broker; its in-memory topics and offsets are lost.
