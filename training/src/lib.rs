@@ -5,6 +5,7 @@
 pub mod benchmark;
 pub mod calibrate;
 pub mod data;
+pub mod plots;
 pub mod train;
 
 use std::path::Path;
@@ -61,12 +62,19 @@ pub fn train_checkpoint(
     loaded.meta.evaluation = Some(serde_json::to_value(&report)?);
 
     save_checkpoint(out, &loaded.vars, &loaded.meta)?;
+    let plots = plots::write_report_plots(out, &outcomes, &sweep, loaded.meta.threshold.value)?;
+    let plot_names: Vec<String> = plots
+        .iter()
+        .filter_map(|p| p.file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
     let report_json = json!({
         "model_version": loaded.meta.model_version,
         "training": loaded.meta.training,
         "threshold": loaded.meta.threshold,
         "evaluation": report,
         "threshold_sweep": sweep,
+        "plots": plot_names,
     });
     let report_path = out.join("report.json");
     std::fs::write(&report_path, serde_json::to_vec_pretty(&report_json)?)

@@ -40,4 +40,25 @@ fn anoml_iot_f1_at_least_090() {
         .as_array()
         .is_some_and(|s| s.len() > 10));
     assert!(json["evaluation"]["f1"].as_f64().is_some());
+
+    // The report's plots are PNG files next to report.json.
+    let plots = json["plots"].as_array().expect("report lists its plots");
+    assert_eq!(plots.len(), 3);
+    for name in [
+        "score_timeline.png",
+        "score_histogram.png",
+        "precision_recall.png",
+    ] {
+        assert!(plots.iter().any(|p| p == name), "{name} not in {plots:?}");
+        let bytes = std::fs::read(out.path().join(name)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{name} is not a PNG"
+        );
+        assert!(
+            bytes.len() > 10_000,
+            "{name} has only {} bytes",
+            bytes.len()
+        );
+    }
 }
