@@ -123,6 +123,8 @@ pub struct RecordOutcome {
     pub ts_ms: i64,
     pub status: Option<Status>,
     pub score: Option<f64>,
+    /// Index of the verdict's top feature, when scored.
+    pub top_feature: Option<usize>,
     pub label: Option<bool>,
 }
 
@@ -147,7 +149,8 @@ pub fn evaluate(
                     RecordOutcome {
                         ts_ms: record.ts_ms,
                         status: Some(assessment.status),
-                        score: assessment.score.map(|s| s.score),
+                        score: assessment.score.as_ref().map(|s| s.score),
+                        top_feature: assessment.score.as_ref().map(|s| s.top_feature()),
                         label,
                     }
                 }
@@ -157,6 +160,7 @@ pub fn evaluate(
                         ts_ms: record.ts_ms,
                         status: None,
                         score: None,
+                        top_feature: None,
                         label,
                     }
                 }
@@ -224,6 +228,112 @@ pub fn threshold_sweep(outcomes: &[RecordOutcome], points: usize) -> Vec<SweepPo
         .collect()
 }
 
+/// Whether the `top_feature` of true-positive verdicts names a sensor that moved,
+/// for one labelled anomalous period (a maximal run of labelled rows).
+///
+/// Each feature's shift is the distance between its mean over the period and its
+/// mean over all rows labelled normal, in standard deviations of the normal rows.
+/// The sensors that moved most are the ones an operator would look at first.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TopFeatureCheck {
+    pub start: String,
+    pub end: String,
+    /// Features in decreasing order of shift, with the shift in standard deviations.
+    pub moved: Vec<(String, f64)>,
+    /// True-positive verdicts in the period.
+    pub verdicts: u64,
+    /// Of those, verdicts whose top feature is the sensor that moved most.
+    pub first: u64,
+    /// Of those, verdicts whose top feature is one of the two that moved most.
+    pub first_two: u64,
+}
+
+/// Checks the top features of `outcomes` against the labelled periods of `series`;
+/// `outcomes[i]` belongs to `series.records[i]`. Returns one check per period.
+pub fn check_top_features(
+    series: &LabelledSeries,
+    outcomes: &[RecordOutcome],
+    feature_names: &[&str],
+) -> Vec<TopFeatureCheck> {
+    let Some(labels) = &series.labels else {
+        return Vec::new();
+    };
+    let features = feature_names.len();
+    let normal: Vec<&[f32]> = series
+        .records
+        .iter()
+        .zip(labels)
+        .filter(|(_, &anomalous)| !anomalous)
+        .map(|(r, _)| r.values.as_slice())
+        .collect();
+    let normal_stats: Vec<(f64, f64)> = (0..features)
+        .map(|f| mean_std(normal.iter().map(|values| values[f] as f64)))
+        .collect();
+
+    let mut checks = Vec::new();
+    let mut start = 0;
+    while start < labels.len() {
+        if !labels[start] {
+            start += 1;
+            continue;
+        }
+        let end = start + labels[start..].iter().take_while(|&&l| l).count();
+        let period = &series.records[start..end];
+        let mut moved: Vec<(usize, f64)> = (0..features)
+            .map(|f| {
+                let (mean, _) = mean_std(period.iter().map(|r| r.values[f] as f64));
+                let (normal_mean, normal_std) = normal_stats[f];
+                (f, (mean - normal_mean).abs() / normal_std.max(1e-9))
+            })
+            .collect();
+        moved.sort_by(|a, b| b.1.total_cmp(&a.1));
+
+        let mut check = TopFeatureCheck {
+            start: crate::verdict::format_ts(period[0].ts_ms),
+            end: crate::verdict::format_ts(period[period.len() - 1].ts_ms),
+            moved: moved
+                .iter()
+                .map(|&(f, shift)| (feature_names[f].to_string(), shift))
+                .collect(),
+            verdicts: 0,
+            first: 0,
+            first_two: 0,
+        };
+        for outcome in &outcomes[start..end.min(outcomes.len())] {
+            let Some(top) = outcome.top_feature else {
+                continue;
+            };
+            if outcome.status != Some(Status::Anomaly) {
+                continue;
+            }
+            check.verdicts += 1;
+            if moved.first().is_some_and(|m| m.0 == top) {
+                check.first += 1;
+                check.first_two += 1;
+            } else if moved.get(1).is_some_and(|m| m.0 == top) {
+                check.first_two += 1;
+            }
+        }
+        checks.push(check);
+        start = end;
+    }
+    checks
+}
+
+fn mean_std(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut n, mut sum, mut sum_sq) = (0.0, 0.0, 0.0);
+    for v in values {
+        n += 1.0;
+        sum += v;
+        sum_sq += v * v;
+    }
+    if n == 0.0 {
+        return (0.0, 0.0);
+    }
+    let mean = sum / n;
+    (mean, (sum_sq / n - mean * mean).max(0.0).sqrt())
+}
+
 impl EvaluationReport {
     /// Human-readable summary, one fact per line.
     pub fn to_text(&self) -> String {
@@ -283,6 +393,60 @@ mod tests {
         assert!((m.f1 - 0.8).abs() < 1e-12);
         assert!((m.far - 2.0 / 90.0).abs() < 1e-12);
         assert!((m.mar - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn top_feature_check_finds_moved_sensor() {
+        use crate::dataset::LabelSource;
+        use crate::record::SensorRecord;
+
+        // Feature 1 jumps by 10 standard deviations in rows 4..8, feature 0 by 1.
+        let labels: Vec<bool> = (0..12).map(|i| (4..8).contains(&i)).collect();
+        let records = (0..12)
+            .map(|i| {
+                let noise = if i % 2 == 0 { 1.0 } else { -1.0 };
+                let shift = if labels[i] { 1.0 } else { 0.0 };
+                SensorRecord {
+                    device_id: "d".into(),
+                    ts_ms: i as i64 * 1000,
+                    values: vec![noise + shift, noise + 10.0 * shift, noise],
+                }
+            })
+            .collect();
+        let series = LabelledSeries {
+            path: "memory".into(),
+            sha256: String::new(),
+            records,
+            labels: Some(labels.clone()),
+            label_source: LabelSource::Column("anomaly".into()),
+        };
+        // Verdicts in the period name features 1, 1, 0 and 2; one row is not flagged.
+        let tops = [Some(1), Some(1), Some(0), Some(2)];
+        let outcomes: Vec<RecordOutcome> = (0..12)
+            .map(|i| RecordOutcome {
+                ts_ms: i as i64 * 1000,
+                status: Some(if labels[i] && i != 7 {
+                    Status::Anomaly
+                } else {
+                    Status::Normal
+                }),
+                score: Some(1.0),
+                top_feature: if labels[i] { tops[i - 4] } else { Some(2) },
+                label: Some(labels[i]),
+            })
+            .collect();
+
+        let checks = check_top_features(&series, &outcomes, &["a", "b", "c"]);
+        assert_eq!(checks.len(), 1);
+        let check = &checks[0];
+        assert_eq!(check.moved[0].0, "b");
+        assert_eq!(check.moved[1].0, "a");
+        assert!((check.moved[0].1 - 10.0).abs() < 1e-9, "{:?}", check.moved);
+        assert_eq!(check.verdicts, 3);
+        assert_eq!(check.first, 2);
+        assert_eq!(check.first_two, 3);
+        assert_eq!(check.start, crate::verdict::format_ts(4000));
+        assert_eq!(check.end, crate::verdict::format_ts(7000));
     }
 
     #[test]

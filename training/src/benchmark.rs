@@ -17,7 +17,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use iot_anomaly::config::Settings;
 use iot_anomaly::dataset::{load_csv, LabelSource, LabelledSeries};
 use iot_anomaly::detector::Detector;
-use iot_anomaly::evaluation::{Confusion, Metrics};
+use iot_anomaly::evaluation::{
+    check_top_features, Confusion, Metrics, RecordOutcome, TopFeatureCheck,
+};
 use iot_anomaly::schema::FeatureSchema;
 use iot_anomaly::scorer::Scorer;
 use iot_anomaly::verdict::Status;
@@ -49,25 +51,9 @@ pub struct FileResult {
     pub far: f64,
     pub mar: f64,
     pub confusion: Confusion,
-    pub top_feature: TopFeatureCheck,
-}
-
-/// Whether the verdicts' `top_feature` names a sensor that actually moved.
-///
-/// The sensors that moved are ranked by how far their mean over the file's
-/// anomalous rows lies from their mean over the training rows, in training standard
-/// deviations. A verdict agrees when its top feature is among the two sensors that
-/// moved most.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct TopFeatureCheck {
-    /// Features in decreasing order of shift, with the shift in standard deviations.
-    pub moved: Vec<(String, f64)>,
-    /// True-positive verdicts (anomaly verdicts on anomalous rows).
-    pub verdicts: u64,
-    /// Of those, verdicts whose top feature is the sensor that moved most.
-    pub first: u64,
-    /// Of those, verdicts whose top feature is one of the two that moved most.
-    pub first_two: u64,
+    /// Per labelled period (SKAB files have one), whether the true-positive
+    /// verdicts' top feature names a sensor that moved.
+    pub top_feature: Vec<TopFeatureCheck>,
 }
 
 /// Detection quality if every file's threshold were multiplied by `ratio`.
@@ -195,7 +181,8 @@ pub fn run_skab(
     }
     bar.finish_and_clear();
 
-    let verdicts: u64 = results.iter().map(|r| r.top_feature.verdicts).sum();
+    let checks = || results.iter().flat_map(|r| &r.top_feature);
+    let verdicts: u64 = checks().map(|c| c.verdicts).sum();
     let share = |count: u64| {
         if verdicts == 0 {
             0.0
@@ -203,8 +190,8 @@ pub fn run_skab(
             count as f64 / verdicts as f64
         }
     };
-    let first = share(results.iter().map(|r| r.top_feature.first).sum());
-    let first_two = share(results.iter().map(|r| r.top_feature.first_two).sum());
+    let first = share(checks().map(|c| c.first).sum());
+    let first_two = share(checks().map(|c| c.first_two).sum());
     let metrics = Metrics::from(total);
     let report = SkabReport {
         benchmark: "skab-outlier-detection",
@@ -309,28 +296,33 @@ fn run_file(
     let mut detector = Detector::new(Scorer::new(loaded), &settings.windows);
     let mut confusion = Confusion::default();
     let mut rows = Vec::new();
-    let mut top_features = Vec::new();
+    let mut outcomes = Vec::with_capacity(series.records.len());
     let mut index = 0;
     for chunk in series.records.chunks(settings.scoring.max_batch.max(1)) {
         let results = detector.assess(chunk.iter().map(|r| (r, r.ts_ms)));
-        for result in results {
+        for (record, result) in chunk.iter().zip(results) {
             let label = labels[index];
             index += 1;
-            if index <= SKAB_TRAIN_ROWS {
-                continue;
-            }
-            let (anomalous, score, top) = match result {
+            let (status, score, top) = match result {
                 Ok(assessment) => (
-                    assessment.status == Status::Anomaly,
+                    Some(assessment.status),
                     assessment.score.as_ref().map(|s| s.score),
                     assessment.score.as_ref().map(|s| s.top_feature()),
                 ),
-                Err(_) => (false, None, None),
+                Err(_) => (None, None, None),
             };
-            confusion.add(anomalous, label);
-            if anomalous && label {
-                top_features.extend(top);
+            outcomes.push(RecordOutcome {
+                ts_ms: record.ts_ms,
+                status,
+                score,
+                top_feature: top,
+                label: Some(label),
+            });
+            if index <= SKAB_TRAIN_ROWS {
+                continue;
             }
+            let anomalous = status == Some(Status::Anomaly);
+            confusion.add(anomalous, label);
             rows.push(ScoredRow {
                 file: file_index,
                 row: index - 1,
@@ -344,7 +336,8 @@ fn run_file(
     }
 
     let metrics = Metrics::from(confusion);
-    let top_feature = check_top_feature(schema, &series, &labels, &top_features);
+    let names: Vec<&str> = schema.names().collect();
+    let top_feature = check_top_features(&series, &outcomes, &names);
     let result = FileResult {
         file: name,
         train_rows: SKAB_TRAIN_ROWS,
@@ -360,59 +353,6 @@ fn run_file(
         top_feature,
     };
     Ok((result, rows))
-}
-
-/// Ranks the features by shift (anomalous rows against training rows) and counts how
-/// many of `top_features` (one per true-positive verdict) name the leading ones.
-fn check_top_feature(
-    schema: &FeatureSchema,
-    series: &LabelledSeries,
-    labels: &[bool],
-    top_features: &[usize],
-) -> TopFeatureCheck {
-    let features = schema.len();
-    let mut moved = Vec::with_capacity(features);
-    for (feature, name) in schema.names().enumerate() {
-        let train: Vec<f64> = series.records[..SKAB_TRAIN_ROWS]
-            .iter()
-            .map(|r| r.values[feature] as f64)
-            .collect();
-        let anomalous: Vec<f64> = series
-            .records
-            .iter()
-            .zip(labels)
-            .filter(|(_, &label)| label)
-            .map(|(r, _)| r.values[feature] as f64)
-            .collect();
-        let (mean, std) = mean_std(&train);
-        let (anomalous_mean, _) = mean_std(&anomalous);
-        let shift = (anomalous_mean - mean).abs() / std.max(1e-9);
-        moved.push((feature, name.to_string(), shift));
-    }
-    moved.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let leader = moved.first().map(|m| m.0);
-    let runner_up = moved.get(1).map(|m| m.0);
-    let first = top_features.iter().filter(|&&f| Some(f) == leader).count() as u64;
-    let second = top_features
-        .iter()
-        .filter(|&&f| Some(f) == runner_up)
-        .count() as u64;
-    TopFeatureCheck {
-        moved: moved.into_iter().map(|(_, name, s)| (name, s)).collect(),
-        verdicts: top_features.len() as u64,
-        first,
-        first_two: first + second,
-    }
-}
-
-fn mean_std(values: &[f64]) -> (f64, f64) {
-    if values.is_empty() {
-        return (0.0, 0.0);
-    }
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-    (mean, variance.sqrt())
 }
 
 fn ratio_sweep(rows: &[ScoredRow]) -> Vec<RatioPoint> {
@@ -443,20 +383,26 @@ impl SkabReport {
             "file", "test", "anom", "F1", "FAR %", "MAR %", "threshold"
         ));
         for file in &self.files {
-            let check = &file.top_feature;
-            let agreement = if check.verdicts == 0 {
-                "-".to_string()
-            } else {
-                format!(
-                    "{:.0} % = {}",
-                    100.0 * check.first_two as f64 / check.verdicts as f64,
-                    check
-                        .moved
+            let verdicts: u64 = file.top_feature.iter().map(|c| c.verdicts).sum();
+            let first_two: u64 = file.top_feature.iter().map(|c| c.first_two).sum();
+            let leaders = file
+                .top_feature
+                .first()
+                .map(|c| {
+                    c.moved
                         .iter()
                         .take(2)
                         .map(|(name, _)| name.as_str())
                         .collect::<Vec<_>>()
                         .join(" or ")
+                })
+                .unwrap_or_default();
+            let agreement = if verdicts == 0 {
+                "-".to_string()
+            } else {
+                format!(
+                    "{:.0} % = {leaders}",
+                    100.0 * first_two as f64 / verdicts as f64
                 )
             };
             out.push_str(&format!(

@@ -14,7 +14,9 @@ use anyhow::{bail, Context};
 use iot_anomaly::config::{Settings, SplitMethod, TrainingSettings};
 use iot_anomaly::dataset::{load_csv, CsvOptions, LabelledSeries};
 use iot_anomaly::detector::Detector;
-use iot_anomaly::evaluation::{evaluate, threshold_sweep, EvaluationReport};
+use iot_anomaly::evaluation::{
+    check_top_features, evaluate, threshold_sweep, EvaluationReport, TopFeatureCheck,
+};
 use iot_anomaly::model::{
     save_checkpoint, Architecture, LoadedModel, LstmAutoencoder, ModelMeta, Scaler, ThresholdInfo,
     TrainingInfo, CHECKPOINT_FORMAT,
@@ -30,6 +32,8 @@ const SWEEP_POINTS: usize = 60;
 /// Result of a training run; the checkpoint and `report.json` are on disk.
 pub struct Trained {
     pub report: EvaluationReport,
+    /// Per labelled period, whether verdicts named the sensor that moved.
+    pub top_features: Vec<TopFeatureCheck>,
 }
 
 pub(crate) fn csv_options(settings: &Settings) -> CsvOptions {
@@ -58,6 +62,8 @@ pub fn train_checkpoint(
     let mut detector = Detector::new(Scorer::new(loaded), &settings.windows);
     let (report, outcomes) = evaluate(&mut detector, &series, settings.scoring.max_batch);
     let sweep = threshold_sweep(&outcomes, SWEEP_POINTS);
+    let names: Vec<&str> = schema.names().collect();
+    let top_features = check_top_features(&series, &outcomes, &names);
     let mut loaded = detector_into_model(detector);
     loaded.meta.evaluation = Some(serde_json::to_value(&report)?);
 
@@ -74,12 +80,16 @@ pub fn train_checkpoint(
         "threshold": loaded.meta.threshold,
         "evaluation": report,
         "threshold_sweep": sweep,
+        "top_feature": top_features,
         "plots": plot_names,
     });
     let report_path = out.join("report.json");
     std::fs::write(&report_path, serde_json::to_vec_pretty(&report_json)?)
         .with_context(|| format!("cannot write {}", report_path.display()))?;
-    Ok(Trained { report })
+    Ok(Trained {
+        report,
+        top_features,
+    })
 }
 
 /// Whether a training run prints its steps and a progress bar.

@@ -124,6 +124,20 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 
     let trained = train_checkpoint(&settings, &schema, &data_path, &out)?;
     println!("{}", trained.report.to_text());
+    for check in &trained.top_features {
+        let leaders: Vec<&str> = check.moved.iter().take(2).map(|m| m.0.as_str()).collect();
+        println!(
+            "top feature   {} – {}: {} of {} anomaly verdicts name {}, {} name {} or {}",
+            check.start,
+            check.end,
+            check.first,
+            check.verdicts,
+            leaders.first().unwrap_or(&"-"),
+            check.first_two,
+            leaders.first().unwrap_or(&"-"),
+            leaders.get(1).unwrap_or(&"-"),
+        );
+    }
     println!("checkpoint    {}", out.display());
     Ok(())
 }
