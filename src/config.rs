@@ -412,6 +412,27 @@ pub enum SplitMethod {
     PerRun,
 }
 
+/// How a window's per-feature errors combine into its score.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreAggregation {
+    /// Mean over features: a fault must show in several sensors or strongly in one.
+    #[default]
+    Mean,
+    /// Largest feature: a moderate shift in one sensor is not diluted by the others.
+    Max,
+}
+
+impl ScoreAggregation {
+    /// Combines `errors` (one per feature, not empty) into a score.
+    pub fn combine(self, errors: &[f64]) -> f64 {
+        match self {
+            Self::Mean => errors.iter().sum::<f64>() / errors.len() as f64,
+            Self::Max => errors.iter().copied().fold(f64::MIN, f64::max),
+        }
+    }
+}
+
 /// Derivation of the threshold from held-out normal window scores.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -441,6 +462,8 @@ pub struct TrainingSettings {
     pub validation_fraction: f64,
     pub calibration_fraction: f64,
     pub split: SplitMethod,
+    /// Written into the checkpoint; the service scores with the model's aggregation.
+    pub score_aggregation: ScoreAggregation,
     pub threshold_method: ThresholdMethod,
     pub threshold_quantile: f64,
     pub threshold_multiplier: f64,
@@ -466,6 +489,7 @@ impl Default for TrainingSettings {
             validation_fraction: 0.15,
             calibration_fraction: 0.15,
             split: SplitMethod::PerRun,
+            score_aggregation: ScoreAggregation::Mean,
             threshold_method: ThresholdMethod::Quantile,
             threshold_quantile: 0.99,
             threshold_multiplier: 1.5,

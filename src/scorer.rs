@@ -8,7 +8,7 @@ use crate::verdict::Status;
 /// Reconstruction error of one window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowScore {
-    /// Mean of `feature_errors`.
+    /// `feature_errors` combined by the model's [`crate::config::ScoreAggregation`].
     pub score: f64,
     /// Squared reconstruction error per feature, averaged over the window's steps and
     /// divided by the feature's typical error on normal data, in schema order.
@@ -101,7 +101,7 @@ impl Scorer {
                     .zip(&self.loaded.meta.error_scale)
                     .map(|(&e, scale)| e as f64 / scale)
                     .collect();
-                let score = feature_errors.iter().sum::<f64>() / features as f64;
+                let score = self.loaded.meta.score_aggregation.combine(&feature_errors);
                 WindowScore {
                     score,
                     feature_errors,

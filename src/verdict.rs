@@ -31,7 +31,8 @@ pub struct Verdict {
     /// Reading time, RFC 3339 in UTC with milliseconds.
     pub ts: String,
     pub status: Status,
-    /// Mean of `feature_errors`; above `threshold` means anomaly.
+    /// `feature_errors` combined by the model's aggregation (mean or max); above
+    /// `threshold` means anomaly.
     pub score: Option<f64>,
     pub threshold: f64,
     /// Reconstruction error of each feature over the window, relative to its typical

@@ -108,3 +108,11 @@ fn secrets_are_masked_in_debug_output() {
     // The real value still reaches librdkafka.
     assert_eq!(settings.kafka.properties["sasl.password"], "hunter2");
 }
+
+#[test]
+fn score_aggregation_combines_errors() {
+    use iot_anomaly::config::ScoreAggregation;
+    let errors = [1.0, 4.0, 1.0];
+    assert_eq!(ScoreAggregation::Mean.combine(&errors), 2.0);
+    assert_eq!(ScoreAggregation::Max.combine(&errors), 4.0);
+}

@@ -14,7 +14,7 @@ use tch::{nn, Device};
 
 use super::autoencoder::{Architecture, LstmAutoencoder};
 use super::scaler::Scaler;
-use crate::config::ThresholdMethod;
+use crate::config::{ScoreAggregation, ThresholdMethod};
 use crate::schema::FeatureSchema;
 
 /// Format tag written into `model.json`; bumped when the layout changes.
@@ -108,6 +108,9 @@ pub struct ModelMeta {
     /// windows. Each window's per-feature error is divided by it, so a noisy sensor
     /// does not drown a quiet one: 1.0 means "as large as usual".
     pub error_scale: Vec<f64>,
+    /// Checkpoints written before this field existed used the mean.
+    #[serde(default)]
+    pub score_aggregation: ScoreAggregation,
     pub threshold: ThresholdInfo,
     pub training: TrainingInfo,
     /// Metrics of the stream-order evaluation run right after training.

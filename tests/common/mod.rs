@@ -50,6 +50,7 @@ pub fn random_checkpoint(dir: &Path, window: i64, threshold: f64, seed: i64) -> 
             std: vec![1.0, 3.0, 1.0, 2.0, 20.0],
         },
         error_scale: vec![1.0; 5],
+        score_aggregation: Default::default(),
         threshold: ThresholdInfo {
             value: threshold,
             method: ThresholdMethod::Quantile,

@@ -195,6 +195,7 @@ pub fn fit_calibrated(
         architecture: arch,
         scaler,
         error_scale: vec![1.0; features],
+        score_aggregation: t.score_aggregation,
         threshold: ThresholdInfo {
             value: 1.0,
             method: t.threshold_method,
