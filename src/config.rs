@@ -433,6 +433,19 @@ impl ScoreAggregation {
     }
 }
 
+/// Statistic of each feature's error on validation windows that its errors are
+/// divided by, so that features with different noise levels compare.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorScale {
+    /// Mean error: a feature's normalised error averages 1.0 on normal data.
+    #[default]
+    Mean,
+    /// 0.99 quantile: every feature's normalised error exceeds 1.0 on 1 % of normal
+    /// windows, so their tails, which decide a maximum, are equal.
+    P99,
+}
+
 /// Derivation of the threshold from held-out normal window scores.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -464,6 +477,7 @@ pub struct TrainingSettings {
     pub split: SplitMethod,
     /// Written into the checkpoint; the service scores with the model's aggregation.
     pub score_aggregation: ScoreAggregation,
+    pub error_scale: ErrorScale,
     pub threshold_method: ThresholdMethod,
     pub threshold_quantile: f64,
     pub threshold_multiplier: f64,
@@ -490,6 +504,7 @@ impl Default for TrainingSettings {
             calibration_fraction: 0.15,
             split: SplitMethod::PerRun,
             score_aggregation: ScoreAggregation::Mean,
+            error_scale: ErrorScale::Mean,
             threshold_method: ThresholdMethod::Quantile,
             threshold_quantile: 0.99,
             threshold_multiplier: 1.5,

@@ -105,7 +105,7 @@ pub struct ModelMeta {
     pub architecture: Architecture,
     pub scaler: Scaler,
     /// Typical squared reconstruction error of each feature on held-out normal
-    /// windows. Each window's per-feature error is divided by it, so a noisy sensor
+    /// windows (the mean or the 0.99 quantile, per `training.error_scale`). Each window's per-feature error is divided by it, so a noisy sensor
     /// does not drown a quiet one: 1.0 means "as large as usual".
     pub error_scale: Vec<f64>,
     /// Checkpoints written before this field existed used the mean.

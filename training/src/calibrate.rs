@@ -1,6 +1,6 @@
 //! Step 3: derive the alarm threshold from held-out normal windows.
 
-use iot_anomaly::config::{ThresholdMethod, TrainingSettings};
+use iot_anomaly::config::{ErrorScale, ThresholdMethod, TrainingSettings};
 use iot_anomaly::model::{PotFit, ThresholdInfo};
 use iot_anomaly::scorer::WindowScore;
 
@@ -21,16 +21,19 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 /// rounding noise into huge relative errors.
 const MIN_ERROR_SCALE: f64 = 1e-4;
 
-/// Mean per-feature error of `scores` (computed with unit scales), floored at 1e-4.
-pub fn error_scale(scores: &[WindowScore], features: usize) -> Vec<f64> {
-    let mut sums = vec![0.0; features];
-    for score in scores {
-        for (sum, error) in sums.iter_mut().zip(&score.feature_errors) {
-            *sum += error;
-        }
-    }
-    sums.iter()
-        .map(|sum| (sum / scores.len().max(1) as f64).max(MIN_ERROR_SCALE))
+/// Per-feature statistic `kind` of the errors in `scores` (computed with unit
+/// scales), floored at 1e-4.
+pub fn error_scale(scores: &[WindowScore], features: usize, kind: ErrorScale) -> Vec<f64> {
+    (0..features)
+        .map(|feature| {
+            let errors: Vec<f64> = scores.iter().map(|s| s.feature_errors[feature]).collect();
+            let value = match kind {
+                _ if errors.is_empty() => 0.0,
+                ErrorScale::Mean => errors.iter().sum::<f64>() / errors.len() as f64,
+                ErrorScale::P99 => quantile(&errors, 0.99),
+            };
+            value.max(MIN_ERROR_SCALE)
+        })
         .collect()
 }
 
@@ -139,6 +142,22 @@ mod tests {
         let info = threshold(&[0.1, 0.2, 0.4], &settings).unwrap();
         assert!((info.value - 0.6).abs() < 1e-12);
         assert_eq!(info.calibration_windows, 3);
+    }
+
+    #[test]
+    fn error_scale_uses_requested_statistic() {
+        // Feature 0's errors are 1..=100, feature 1's are all 2.
+        let scores: Vec<WindowScore> = (1..=100)
+            .map(|i| WindowScore {
+                score: 0.0,
+                feature_errors: vec![i as f64, 2.0],
+            })
+            .collect();
+        let mean = error_scale(&scores, 2, ErrorScale::Mean);
+        assert_eq!(mean, vec![50.5, 2.0]);
+        let p99 = error_scale(&scores, 2, ErrorScale::P99);
+        assert!((p99[0] - 99.01).abs() < 1e-9, "{p99:?}");
+        assert_eq!(p99[1], 2.0);
     }
 
     /// Deterministic sample of the exponential distribution with mean 1, by its

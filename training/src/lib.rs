@@ -225,7 +225,11 @@ pub fn fit_calibrated(
     vars.freeze();
     let scorer = Scorer::new(LoadedModel { meta, model, vars });
     let mut validation = split.validation.values.clone();
-    let error_scale = calibrate::error_scale(&scorer.score_windows(&mut validation), features);
+    let error_scale = calibrate::error_scale(
+        &scorer.score_windows(&mut validation),
+        features,
+        t.error_scale,
+    );
     let mut loaded = scorer.into_model();
     loaded.meta.error_scale = error_scale;
     let scorer = Scorer::new(loaded);
