@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use iot_anomaly::alerts::{AlertEventKind, AlertTracker, Observation};
 use iot_anomaly::config::Settings;
 use iot_anomaly::dataset::{load_csv, LabelSource, LabelledSeries};
 use iot_anomaly::detector::Detector;
@@ -51,6 +52,8 @@ pub struct FileResult {
     pub far: f64,
     pub mar: f64,
     pub confusion: Confusion,
+    /// Alert episodes opened on the test rows under the configured `[alerts]`.
+    pub alerts_opened: u64,
     /// Per labelled period (SKAB files have one), whether the true-positive
     /// verdicts' top feature names a sensor that moved.
     pub top_feature: Vec<TopFeatureCheck>,
@@ -77,6 +80,9 @@ pub struct SkabReport {
     pub precision: f64,
     pub recall: f64,
     pub confusion: Confusion,
+    /// Alert episodes opened over all files, against `anomaly_verdicts` verdicts.
+    pub alerts_opened: u64,
+    pub anomaly_verdicts: u64,
     pub seconds: f64,
     /// Share of true-positive verdicts whose top feature is the sensor that moved
     /// most, and one of the two that moved most.
@@ -203,11 +209,16 @@ pub fn run_skab(
         precision: metrics.precision,
         recall: metrics.recall,
         confusion: total,
+        alerts_opened: results.iter().map(|r| r.alerts_opened).sum(),
+        anomaly_verdicts: total.tp + total.fp,
         seconds: started.elapsed().as_secs_f64(),
         top_feature_first: first,
         top_feature_first_two: first_two,
         threshold_ratio_sweep: ratio_sweep(&rows),
-        settings: serde_json::json!({ "training": settings.training }),
+        settings: serde_json::json!({
+            "training": settings.training,
+            "alerts": settings.alerts,
+        }),
         files: results,
     };
     Ok((report, rows))
@@ -297,6 +308,9 @@ fn run_file(
     let mut confusion = Confusion::default();
     let mut rows = Vec::new();
     let mut outcomes = Vec::with_capacity(series.records.len());
+    let mut alerts = AlertTracker::new(&settings.alerts, 1);
+    let mut alerts_opened = 0;
+    let model_version = detector.scorer().meta().model_version.clone();
     let mut index = 0;
     for chunk in series.records.chunks(settings.scoring.max_batch.max(1)) {
         let results = detector.assess(chunk.iter().map(|r| (r, r.ts_ms)));
@@ -323,6 +337,20 @@ fn run_file(
             }
             let anomalous = status == Some(Status::Anomaly);
             confusion.add(anomalous, label);
+            if let (Some(status), Some(score)) = (status, score) {
+                let event = alerts.observe(Observation {
+                    device_id: "skab",
+                    ts_ms: record.ts_ms,
+                    status,
+                    score,
+                    threshold,
+                    top_feature: None,
+                    model_version: &model_version,
+                });
+                if event.is_some_and(|e| e.event == AlertEventKind::Opened) {
+                    alerts_opened += 1;
+                }
+            }
             rows.push(ScoredRow {
                 file: file_index,
                 row: index - 1,
@@ -350,6 +378,7 @@ fn run_file(
         far: metrics.far * 100.0,
         mar: metrics.mar * 100.0,
         confusion,
+        alerts_opened,
         top_feature,
     };
     Ok((result, rows))
@@ -420,6 +449,14 @@ impl SkabReport {
         out.push_str(&format!(
             "\nSKAB outlier detection, {} files: F1 {:.3}  FAR {:.2} %  MAR {:.2} %  (precision {:.3}, recall {:.3}; {:.0} s)\n",
             self.files_count, self.f1, self.far, self.mar, self.precision, self.recall, self.seconds
+        ));
+        out.push_str(&format!(
+            "alert episodes ({} of the last {} verdicts open, {} normal close): {} opened for {} anomaly verdicts\n",
+            self.settings["alerts"]["open_after"],
+            self.settings["alerts"]["of_last"],
+            self.settings["alerts"]["close_after"],
+            self.alerts_opened,
+            self.anomaly_verdicts
         ));
         out.push_str(&format!(
             "top feature of true-positive verdicts: the sensor that moved most in {:.1} %, one of the two that moved most in {:.1} %\n",

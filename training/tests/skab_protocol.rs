@@ -111,6 +111,10 @@ fn skab_counts_test_rows_of_labelled_files() {
         report.top_feature_first
     );
 
+    // Each file's one fault opens at least one alert episode, far fewer than verdicts.
+    assert!(report.alerts_opened >= 3, "{} alerts", report.alerts_opened);
+    assert!(report.alerts_opened * 10 < report.anomaly_verdicts);
+
     let json = serde_json::to_value(&report).unwrap();
     for key in ["f1", "far", "mar"] {
         assert!(json[key].as_f64().is_some(), "{key} missing");
