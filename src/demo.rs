@@ -13,6 +13,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::Message;
 use tokio::sync::watch;
 
+use iot_anomaly::alerts::{AlertEvent, AlertEventKind};
 use iot_anomaly::config::Settings;
 use iot_anomaly::dataset::{load_csv, CsvOptions};
 use iot_anomaly::detector::Detector;
@@ -32,6 +33,8 @@ pub const SEED_DEVICE: &str = "seed-examples";
 const INPUT_PARTITIONS: i32 = 3;
 /// Maximum wait for the last verdict once everything is produced.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Quiet time after the last verdict before the demo stops reading alert events.
+const ALERT_LINGER: Duration = Duration::from_secs(1);
 
 /// Options of `iot-anomaly demo`.
 #[derive(Debug, Clone)]
@@ -42,7 +45,7 @@ pub struct DemoOptions {
     pub seed_examples: Option<PathBuf>,
     /// Records per second offered by the replay; `None` is as fast as possible.
     pub rate: Option<f64>,
-    /// Anomaly episodes printed in full before the rest are only counted.
+    /// Alert events printed in full before the rest are only counted.
     pub max_episodes_shown: usize,
 }
 
@@ -54,6 +57,8 @@ pub struct DemoSummary {
     pub dead_letters: u64,
     pub anomalies: u64,
     pub warming_up: u64,
+    pub alerts_opened: u64,
+    pub alerts_closed: u64,
     pub metrics: DetectionMetrics,
     pub records_per_second: f64,
     pub seconds: f64,
@@ -136,6 +141,7 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     viewer.subscribe(&[
         settings.kafka.output_topic.as_str(),
         settings.kafka.deadletter_topic.as_str(),
+        settings.kafka.alerts_topic.as_str(),
     ])?;
 
     println!(
@@ -177,6 +183,10 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<DemoSummary> {
             Ok(message) => message.context("the viewer consumer failed")?,
             Err(_) => continue,
         };
+        if message.topic() == settings.kafka.alerts_topic {
+            view.observe_alert(message.payload().unwrap_or_default())?;
+            continue;
+        }
         if message.topic() == settings.kafka.deadletter_topic {
             let reason = message
                 .headers()
@@ -200,7 +210,15 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         first_verdict_at.get_or_insert(last_verdict_at);
     }
     produce_task.await.context("the replay task panicked")??;
-    view.close_episodes();
+
+    // Alert events of the last batch may arrive after its verdicts.
+    while let Ok(message) = tokio::time::timeout(ALERT_LINGER, viewer.recv()).await {
+        let message = message.context("the viewer consumer failed")?;
+        if message.topic() == settings.kafka.alerts_topic {
+            view.observe_alert(message.payload().unwrap_or_default())?;
+        }
+    }
+    view.finish();
 
     stop.send(true).ok();
     let stats = pipeline_task
@@ -218,51 +236,51 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         dead_letters: view.dead_letters,
         anomalies: view.anomalies,
         warming_up: view.warming_up,
+        alerts_opened: view.alerts_opened,
+        alerts_closed: view.alerts_closed,
         metrics: DetectionMetrics::from(view.confusion),
         records_per_second: view.verdicts.saturating_sub(1) as f64 / flowing.max(1e-9),
         seconds,
     })
 }
 
-/// Prints anomaly episodes as verdicts arrive and tallies the summary.
+/// Prints the first anomaly verdict and the alert events as they arrive, and tallies
+/// the summary.
 struct Viewer {
     verdicts: u64,
     dead_letters: u64,
     anomalies: u64,
     warming_up: u64,
     confusion: Confusion,
-    /// Open episode per device: start time, records, peak score, top feature.
-    open: HashMap<String, Episode>,
-    episodes: usize,
-    max_episodes_shown: usize,
-}
-
-struct Episode {
-    start: String,
-    last: String,
-    records: u64,
-    peak: f64,
-    top_feature: String,
+    alerts_opened: u64,
+    alerts_closed: u64,
+    max_alerts_shown: usize,
 }
 
 impl Viewer {
-    fn new(max_episodes_shown: usize) -> Self {
+    fn new(max_alerts_shown: usize) -> Self {
         Self {
             verdicts: 0,
             dead_letters: 0,
             anomalies: 0,
             warming_up: 0,
             confusion: Confusion::default(),
-            open: HashMap::new(),
-            episodes: 0,
-            max_episodes_shown,
+            alerts_opened: 0,
+            alerts_closed: 0,
+            max_alerts_shown,
         }
     }
 
     fn observe(&mut self, verdict: &Verdict, labels: &HashMap<i64, bool>) {
         self.verdicts += 1;
         match verdict.status {
-            Status::Anomaly => self.anomalies += 1,
+            Status::Anomaly => {
+                self.anomalies += 1;
+                if self.anomalies == 1 {
+                    let json = serde_json::to_string(verdict).unwrap_or_default();
+                    println!("first anomaly verdict, as published on the output topic:\n  {json}");
+                }
+            }
             Status::WarmingUp => self.warming_up += 1,
             Status::Normal => {}
         }
@@ -275,67 +293,56 @@ impl Viewer {
                     .add(verdict.status == Status::Anomaly, *label);
             }
         }
+    }
 
-        let score = verdict.score.unwrap_or_default();
-        if verdict.status == Status::Anomaly {
-            let shown = self.episodes < self.max_episodes_shown;
-            let episode = self
-                .open
-                .entry(verdict.device_id.clone())
-                .or_insert_with(|| {
-                    self.episodes += 1;
-                    if self.episodes == 1 {
-                        let json = serde_json::to_string(verdict).unwrap_or_default();
-                        println!(
-                            "first anomaly verdict, as published on the output topic:\n  {json}"
-                        );
-                    }
-                    if shown {
-                        println!(
-                            "ANOMALY      {}  {}  score {:.3} > threshold {:.3}  top feature {}",
-                            verdict.device_id,
-                            verdict.ts,
-                            score,
-                            verdict.threshold,
-                            verdict.top_feature.as_deref().unwrap_or("-")
-                        );
-                    }
-                    Episode {
-                        start: verdict.ts.clone(),
-                        last: verdict.ts.clone(),
-                        records: 0,
-                        peak: 0.0,
-                        top_feature: String::new(),
-                    }
-                });
-            episode.records += 1;
-            episode.last = verdict.ts.clone();
-            if score >= episode.peak {
-                episode.peak = score;
-                episode.top_feature = verdict.top_feature.clone().unwrap_or_default();
+    fn observe_alert(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        let event: AlertEvent = serde_json::from_slice(payload)
+            .context("an event on the alerts topic is not valid JSON")?;
+        let shown = (self.alerts_opened + self.alerts_closed) < self.max_alerts_shown as u64;
+        match event.event {
+            AlertEventKind::Opened => {
+                self.alerts_opened += 1;
+                if shown {
+                    println!(
+                        "ALERT opened {}  since {}  score {:.3} > threshold {:.3}  top feature {}",
+                        event.device_id,
+                        event.start,
+                        event.peak_score,
+                        event.threshold,
+                        event.top_feature.as_deref().unwrap_or("-")
+                    );
+                }
             }
-        } else if let Some(episode) = self.open.remove(&verdict.device_id) {
-            self.print_closed(&verdict.device_id, &episode);
+            AlertEventKind::Closed => {
+                self.alerts_closed += 1;
+                if self.alerts_closed == 1 {
+                    println!(
+                        "first closed alert, as published on the alerts topic:\n  {}",
+                        String::from_utf8_lossy(payload)
+                    );
+                }
+                if shown {
+                    println!(
+                        "ALERT closed {}  {} .. {}  {} anomaly verdicts, peak score {:.3} ({})",
+                        event.device_id,
+                        event.start,
+                        event.end.as_deref().unwrap_or("-"),
+                        event.anomalous_verdicts,
+                        event.peak_score,
+                        event.top_feature.as_deref().unwrap_or("-")
+                    );
+                }
+            }
         }
+        Ok(())
     }
 
-    fn close_episodes(&mut self) {
-        for (device, episode) in std::mem::take(&mut self.open) {
-            self.print_closed(&device, &episode);
-        }
-        if self.episodes > self.max_episodes_shown {
+    fn finish(&self) {
+        let events = self.alerts_opened + self.alerts_closed;
+        if events > self.max_alerts_shown as u64 {
             println!(
-                "... {} more anomaly episodes not shown",
-                self.episodes - self.max_episodes_shown
-            );
-        }
-    }
-
-    fn print_closed(&self, device: &str, episode: &Episode) {
-        if self.episodes <= self.max_episodes_shown {
-            println!(
-                "  ended      {device}  {} .. {}  {} records, peak score {:.3} ({})",
-                episode.start, episode.last, episode.records, episode.peak, episode.top_feature
+                "... {} more alert events not shown",
+                events - self.max_alerts_shown as u64
             );
         }
     }
@@ -345,11 +352,13 @@ impl DemoSummary {
     pub fn to_text(&self) -> String {
         let m = &self.metrics;
         format!(
-            "\nsummary\n  records in        {}\n  verdicts out      {} ({} anomaly, {} warming_up)\n  dead letters      {}\n  precision         {:.4}\n  recall            {:.4}\n  F1                {:.4}\n  throughput        {:.0} records/s (first to last verdict)\n  wall time         {:.2} s from first record produced to last verdict, consumer group start-up included\n",
+            "\nsummary\n  records in        {}\n  verdicts out      {} ({} anomaly, {} warming_up)\n  alerts            {} opened, {} closed\n  dead letters      {}\n  precision         {:.4}\n  recall            {:.4}\n  F1                {:.4}\n  throughput        {:.0} records/s (first to last verdict)\n  wall time         {:.2} s from first record produced to last verdict, consumer group start-up included\n",
             self.records_in,
             self.verdicts,
             self.anomalies,
             self.warming_up,
+            self.alerts_opened,
+            self.alerts_closed,
             self.dead_letters,
             m.precision,
             m.recall,
