@@ -412,7 +412,7 @@ pub enum SplitMethod {
     PerRun,
 }
 
-/// How a window's per-feature errors combine into its score.
+/// Combination of a window's per-feature errors into its score.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ScoreAggregation {

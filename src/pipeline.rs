@@ -177,7 +177,7 @@ pub struct Pipeline {
     model_updates: Option<mpsc::Receiver<Scorer>>,
 }
 
-/// What a produced message was, for the bookkeeping done once the broker
+/// Kind of a produced message, for the bookkeeping done once the broker
 /// acknowledges it.
 enum Output<'a> {
     Verdict {

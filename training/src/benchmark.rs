@@ -1,8 +1,10 @@
 //! SKAB (Skoltech Anomaly Benchmark) outlier-detection protocol.
 //!
 //! Each labelled file is one experiment: a model is trained on its first
-//! [`SKAB_TRAIN_ROWS`] rows, which the benchmark's authors keep free of anomalies,
-//! and the remaining rows are scored in file order by the service's [`Detector`].
+//! [`SKAB_TRAIN_ROWS`] rows, anomaly-free by the benchmark's convention (where a file
+//! labels some of them anomalous, windows touching those rows are left out of
+//! training), and the remaining rows are scored in file order by the service's
+//! [`Detector`].
 //! The training rows are streamed through the detector first, so the first test row
 //! already has a full window, as it would in a service that had been running. Only
 //! test rows are counted. Confusion counts are summed over all files before F1, FAR
@@ -224,7 +226,7 @@ pub fn run_skab(
     Ok((report, rows))
 }
 
-/// Every `*.csv` below `dir` whose header has the label column, sorted by path.
+/// Lists every `*.csv` below `dir` whose header has the label column, sorted by path.
 /// SKAB's `anomaly-free/anomaly-free.csv` has no labels and is skipped.
 fn labelled_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
