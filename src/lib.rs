@@ -4,7 +4,8 @@
 //!
 //! - orchestration: [`pipeline`] (consume → window → score → produce → store offsets),
 //!   [`replay`] (CSV or JSON lines → sensor messages), [`reload`] (model hot reload),
-//!   [`evaluation`] (stream-order scoring of a labelled CSV and its metrics);
+//!   [`evaluation`] (stream-order scoring of a labelled CSV and its metrics),
+//!   [`workload`] (synthetic traffic and stand-in models for benchmarks);
 //! - domain: [`record`] (parse and validate sensor JSON), [`detector`] (per-device
 //!   windows plus batched scoring), [`scorer`] (batch → tensor → errors → verdicts),
 //!   [`kafka`] (client builders), [`dataset`] (CSV history and labels);
@@ -26,3 +27,4 @@ pub mod scorer;
 pub mod telemetry;
 pub mod verdict;
 pub mod window;
+pub mod workload;

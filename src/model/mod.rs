@@ -1,7 +1,8 @@
-//! The LSTM autoencoder, its input scaler and its on-disk checkpoint.
+//! The LSTM autoencoder, its input scaler, its on-disk checkpoint and its cost.
 
 mod autoencoder;
 mod checkpoint;
+mod cost;
 mod scaler;
 
 pub use autoencoder::{Architecture, LstmAutoencoder};
@@ -9,4 +10,5 @@ pub use checkpoint::{
     load_checkpoint, save_checkpoint, CheckpointError, LoadedModel, ModelMeta, PotFit,
     ThresholdInfo, TrainingInfo, CHECKPOINT_FORMAT, META_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE,
 };
+pub use cost::{measure_sgemm, WindowCost};
 pub use scaler::Scaler;
