@@ -18,10 +18,11 @@ export LIBTORCH_CXX11_ABI := 1
 
 RELEASE := target/release
 
-.PHONY: help build demo train test validate-deploy render-k8s broker fuzz skab fmt clean-models
+.PHONY: help build demo train test validate-deploy render-k8s broker fuzz skab fmt clean-models \
+	bench bench-stages bench-e2e model
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 build: ## Build the service and the trainer (release)
 	cargo build --release --workspace
@@ -31,6 +32,19 @@ demo: build ## Train if needed, then replay AnoML-IoT through an in-process Kafk
 
 train: build ## Retrain models/anoml-iot from data/anoml-iot.csv
 	$(RELEASE)/iot-anomaly-train --config config/anoml-iot.toml --out models/anoml-iot
+
+model: build
+	@test -f models/anoml-iot/model.json || $(RELEASE)/iot-anomaly-train --config config/anoml-iot.toml --out models/anoml-iot
+
+RUNS ?= 5
+BENCH_ARGS ?=
+bench: bench-stages bench-e2e ## Criterion benches, then the end-to-end benchmark (see docs/benchmarks.md)
+
+bench-stages: model ## Criterion benches of parsing, windows and inference
+	cargo bench --bench stages
+
+bench-e2e: model ## End-to-end benchmark against tansu: RUNS runs, medians in target/bench/e2e.json
+	IOT_ANOMALY_TANSU="$$(scripts/setup-tansu.sh)" $(RELEASE)/iot-anomaly-bench run --runs $(RUNS) --memory-devices 100000 $(BENCH_ARGS)
 
 test: ## Formatting, clippy, every test and the deployment checks (installs tools once)
 	cargo fmt --all --check

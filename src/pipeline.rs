@@ -87,6 +87,18 @@ pub struct PipelineStats {
     pub verdicts: u64,
     pub anomalies: u64,
     pub dead_letters: u64,
+    /// Arrival of the first record from the consumer.
+    pub first_received: Option<Instant>,
+    /// Broker acknowledgement of the last verdict or dead letter.
+    pub last_acknowledged: Option<Instant>,
+}
+
+impl PipelineStats {
+    /// Seconds from the first record received to the last output acknowledged.
+    pub fn active_seconds(&self) -> Option<f64> {
+        let (first, last) = (self.first_received?, self.last_acknowledged?);
+        Some(last.saturating_duration_since(first).as_secs_f64())
+    }
 }
 
 /// Consumer context that reports rebalances to the log and to `/readyz`.
@@ -192,6 +204,8 @@ enum Output<'a> {
 /// One consumed message with what the pipeline decided for it.
 struct Item {
     message: OwnedMessage,
+    /// When the consumer handed the message over.
+    received: Instant,
     parsed: Result<SensorRecord, RejectReason>,
 }
 
@@ -317,6 +331,7 @@ impl Pipeline {
         let max_batch = self.settings.scoring.max_batch;
         let max_wait = Duration::from_millis(self.settings.scoring.max_wait_ms);
         let mut batch: Vec<OwnedMessage> = Vec::with_capacity(max_batch);
+        let mut received: Vec<Instant> = Vec::with_capacity(max_batch);
         let mut last_consume_error: Option<Instant> = None;
 
         let result = loop {
@@ -338,7 +353,8 @@ impl Pipeline {
                     if self.health.brokers_down.swap(false, Ordering::Relaxed) {
                         tracing::info!("brokers reachable again; resuming");
                     }
-                    batch.push(message.detach())
+                    batch.push(message.detach());
+                    received.push(Instant::now());
                 }
                 Err(error) => {
                     // librdkafka retries connections itself; log at most once a second.
@@ -353,7 +369,10 @@ impl Pipeline {
             let deadline = tokio::time::Instant::now() + max_wait;
             while batch.len() < max_batch {
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(message)) => batch.push(message.detach()),
+                    Ok(Ok(message)) => {
+                        batch.push(message.detach());
+                        received.push(Instant::now());
+                    }
                     Ok(Err(error)) => {
                         tracing::warn!(%error, "consume failed inside a batch");
                         break;
@@ -361,7 +380,9 @@ impl Pipeline {
                     Err(_) => break,
                 }
             }
-            if let Err(error) = self.process_batch(std::mem::take(&mut batch)).await {
+            let batch = std::mem::take(&mut batch);
+            let received = std::mem::take(&mut received);
+            if let Err(error) = self.process_batch(batch, received).await {
                 break Err(error);
             }
         };
@@ -372,9 +393,14 @@ impl Pipeline {
 
     /// Scores one batch and publishes its outputs; in exactly-once mode inside one
     /// transaction, otherwise followed by storing the input offsets.
-    async fn process_batch(&mut self, messages: Vec<OwnedMessage>) -> Result<(), PipelineError> {
+    async fn process_batch(
+        &mut self,
+        messages: Vec<OwnedMessage>,
+        received: Vec<Instant>,
+    ) -> Result<(), PipelineError> {
+        self.stats.first_received = self.stats.first_received.or(received.first().copied());
         if !self.exactly_once {
-            let offsets = self.score_and_produce(messages).await?;
+            let offsets = self.score_and_produce(messages, received).await?;
             self.store_offsets(&offsets);
             return Ok(());
         }
@@ -382,7 +408,7 @@ impl Pipeline {
         self.producer
             .begin_transaction()
             .map_err(|source| PipelineError::Transaction { cause: source })?;
-        let offsets = match self.score_and_produce(messages).await {
+        let offsets = match self.score_and_produce(messages, received).await {
             Ok(offsets) => offsets,
             Err(error) => {
                 tokio::task::block_in_place(|| self.abort_transaction());
@@ -410,10 +436,12 @@ impl Pipeline {
     async fn score_and_produce(
         &mut self,
         messages: Vec<OwnedMessage>,
+        received: Vec<Instant>,
     ) -> Result<Offsets, PipelineError> {
         let items: Vec<Item> = messages
             .into_iter()
-            .map(|message| {
+            .zip(received)
+            .map(|(message, received)| {
                 let meta = MessageMeta {
                     key: message.key(),
                     timestamp_ms: message.timestamp().to_millis(),
@@ -421,7 +449,11 @@ impl Pipeline {
                 let parsed = self
                     .parser
                     .parse(message.payload().unwrap_or_default(), meta);
-                Item { message, parsed }
+                Item {
+                    message,
+                    received,
+                    parsed,
+                }
             })
             .collect();
 
@@ -490,6 +522,7 @@ impl Pipeline {
                             device_id: record.device_id.as_str(),
                         },
                         &output_topic,
+                        item.received,
                     ));
                     self.metrics
                         .records_consumed
@@ -517,7 +550,12 @@ impl Pipeline {
                                 .payload(&payload),
                         )
                         .await?;
-                        deliveries.push((future, Output::Alert(event.event), &alerts_topic));
+                        deliveries.push((
+                            future,
+                            Output::Alert(event.event),
+                            &alerts_topic,
+                            item.received,
+                        ));
                         tracing::info!(
                             alert_id = %event.alert_id,
                             event = event.event.as_str(),
@@ -548,7 +586,12 @@ impl Pipeline {
                         record = record.key(key);
                     }
                     let future = send_in_order(&self.producer, &self.metrics, record).await?;
-                    deliveries.push((future, Output::DeadLetter, &deadletter_topic));
+                    deliveries.push((
+                        future,
+                        Output::DeadLetter,
+                        &deadletter_topic,
+                        item.received,
+                    ));
                     self.metrics
                         .records_consumed
                         .with_label_values(&["dead_lettered"])
@@ -578,7 +621,7 @@ impl Pipeline {
         }
         self.metrics.batch_windows.observe(windows_in_batch as f64);
 
-        for (mut future, output, topic) in deliveries {
+        for (mut future, output, topic, received) in deliveries {
             // librdkafka retries until message.timeout.ms; meanwhile a broker that stopped
             // answering makes the service not ready instead of silently stalling.
             let acknowledgement = match tokio::time::timeout(DELIVERY_STALL, &mut future).await {
@@ -609,6 +652,13 @@ impl Pipeline {
                     topic: topic.clone(),
                     cause: source,
                 });
+            }
+            let acknowledged = Instant::now();
+            self.stats.last_acknowledged = Some(acknowledged);
+            if !matches!(output, Output::Alert(_)) {
+                self.metrics
+                    .processing_seconds
+                    .observe(acknowledged.duration_since(received).as_secs_f64());
             }
             match output {
                 Output::Verdict {
@@ -795,11 +845,14 @@ impl Pipeline {
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(%error, "final offset commit failed"),
         }
+        let active_s = self.stats.active_seconds().unwrap_or(0.0);
         tracing::info!(
             consumed = self.stats.consumed,
             verdicts = self.stats.verdicts,
             anomalies = self.stats.anomalies,
             dead_letters = self.stats.dead_letters,
+            active_s,
+            records_per_s = self.stats.consumed as f64 / active_s.max(1e-9),
             "scoring pipeline stopped"
         );
     }

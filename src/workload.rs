@@ -154,6 +154,7 @@ pub fn stand_in_model(schema: &FeatureSchema, arch: Architecture, seed: i64) -> 
             quantile: 0.99,
             multiplier: 1.0,
             calibration_windows: 0,
+            pot: None,
         },
         training: TrainingInfo {
             data_path: String::new(),
