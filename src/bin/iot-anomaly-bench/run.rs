@@ -24,6 +24,7 @@ use crate::stats::{Histogram, Percentiles};
 const RAW: &str = "sensors.raw";
 const SCORED: &str = "sensors.scored";
 const DEAD_LETTERS: &str = "sensors.deadletter";
+const ALERTS: &str = "sensors.alerts";
 const FLOOR_RAW: &str = "bench.floor.raw";
 const FLOOR_OUT: &str = "bench.floor.out";
 const PROCESSING_HISTOGRAM: &str = "iot_anomaly_processing_seconds";
@@ -144,6 +145,7 @@ impl Segment {
         broker.create_topic(RAW, context.partitions)?;
         broker.create_topic(SCORED, context.partitions)?;
         broker.create_topic(DEAD_LETTERS, 1)?;
+        broker.create_topic(ALERTS, context.partitions)?;
         if with_floor {
             broker.create_topic(FLOOR_RAW, context.partitions)?;
             broker.create_topic(FLOOR_OUT, context.partitions)?;
@@ -155,6 +157,7 @@ impl Segment {
         scorer.kafka.input_topic = RAW.into();
         scorer.kafka.output_topic = SCORED.into();
         scorer.kafka.deadletter_topic = DEAD_LETTERS.into();
+        scorer.kafka.alerts_topic = ALERTS.into();
         scorer.model.reload_interval_s = 0;
         let mut floor = scorer.clone();
         floor.kafka.group_id = "bench-floor".into();
