@@ -14,6 +14,7 @@
 pub mod alerts;
 pub mod config;
 pub mod dataset;
+mod delivery;
 pub mod detector;
 pub mod evaluation;
 pub mod kafka;

@@ -3,10 +3,10 @@
 //!
 //! Delivery is at-least-once: an input offset is stored (and later auto-committed)
 //! only after the verdict or dead letter of that record and of every earlier record
-//! in the batch is acknowledged. After a crash the group resumes from the last
-//! committed offset, so verdicts can repeat but none is lost.
+//! is acknowledged. After a crash the group resumes from the last committed offset,
+//! so verdicts can repeat but none is lost. Acknowledgements are awaited by a
+//! separate task ([`crate::delivery`]), so the next batch is scored meanwhile.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,9 +19,14 @@ use rdkafka::util::Timeout;
 use rdkafka::TopicPartitionList;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
-use crate::alerts::{AlertEventKind, AlertTracker, Observation};
+use crate::alerts::{AlertTracker, Observation};
 use crate::config::{Delivery, Settings};
+use crate::delivery::{
+    acknowledge_batch, acknowledge_in_order, AckContext, Acknowledged, Offsets, Output,
+    PendingOutput, SentBatch,
+};
 use crate::detector::Detector;
 use crate::kafka::{self, KafkaError};
 use crate::model::ModelMeta;
@@ -29,7 +34,6 @@ use crate::record::{MessageMeta, RecordParser, RejectReason, SensorRecord};
 use crate::reload::incompatibility;
 use crate::scorer::Scorer;
 use crate::telemetry::{Health, Metrics};
-use crate::verdict::Status;
 
 /// Headers of a dead-letter message; its payload and key are the original bytes.
 pub const HEADER_REASON: &str = "iot-anomaly.reason";
@@ -45,10 +49,9 @@ pub const HEADER_TRUNCATED_FROM: &str = "iot-anomaly.truncated-from";
 /// Minimum time between two logs of repeated client errors.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A delivery unacknowledged for this long marks the service not ready.
-// NOTE: a broker that stops responding while the scorer only waits on fetches (no
-// delivery pending) flips /readyz only when the group session expires.
-const DELIVERY_STALL: Duration = Duration::from_secs(5);
+/// Batches whose outputs may await acknowledgement at once, beyond the one being
+/// scored.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// Maximum time for one transactional call (init, send offsets, commit, abort).
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,12 +76,11 @@ pub enum PipelineError {
     TransactionsUnsupported { cause: KafkaError },
     #[error("transaction failed and was aborted: {cause}; stopping so the batch is consumed again from the last committed offset")]
     Transaction { cause: KafkaError },
+    #[error("the task awaiting the broker's acknowledgements stopped unexpectedly; stopping so the records are consumed again from the last committed offset")]
+    AcknowledgerStopped,
     #[error("cannot serialise a verdict: {0}")]
     Serialise(#[from] serde_json::Error),
 }
-
-/// Highest processed offset per input (topic, partition).
-type Offsets = BTreeMap<(String, i32), i64>;
 
 /// Totals of one pipeline run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -178,7 +180,7 @@ pub struct Pipeline {
     parser: RecordParser,
     detector: Detector,
     alerts: AlertTracker,
-    consumer: StreamConsumer<ScoringContext>,
+    consumer: Arc<StreamConsumer<ScoringContext>>,
     producer: FutureProducer,
     metrics: Metrics,
     health: Arc<Health>,
@@ -187,18 +189,11 @@ pub struct Pipeline {
     exactly_once: bool,
     /// New checkpoints from [`crate::reload::watch`], applied between batches.
     model_updates: Option<mpsc::Receiver<Scorer>>,
-}
-
-/// Kind of a produced message, for the bookkeeping done once the broker
-/// acknowledges it.
-enum Output<'a> {
-    Verdict {
-        status: Status,
-        ts_ms: i64,
-        device_id: &'a str,
-    },
-    DeadLetter,
-    Alert(AlertEventKind),
+    /// Batches handed to the acknowledgement task (at-least-once mode).
+    in_flight: Option<mpsc::Sender<SentBatch>>,
+    acknowledger: Option<JoinHandle<Result<Acknowledged, PipelineError>>>,
+    /// Outputs acknowledged inline (exactly-once mode).
+    acknowledged: Acknowledged,
 }
 
 /// One consumed message with what the pipeline decided for it.
@@ -255,11 +250,14 @@ impl Pipeline {
             settings,
             parser,
             detector,
-            consumer,
+            consumer: Arc::new(consumer),
             producer,
             metrics,
             health,
             stats: PipelineStats::default(),
+            in_flight: None,
+            acknowledger: None,
+            acknowledged: Acknowledged::default(),
         })
     }
 
@@ -327,6 +325,15 @@ impl Pipeline {
             model = %self.detector.scorer().meta().model_version,
             "scoring pipeline started"
         );
+        if !self.exactly_once {
+            let (sender, receiver) = mpsc::channel(BATCHES_IN_FLIGHT);
+            self.in_flight = Some(sender);
+            self.acknowledger = Some(tokio::spawn(acknowledge_in_order(
+                receiver,
+                self.consumer.clone(),
+                self.ack_context(),
+            )));
+        }
 
         let max_batch = self.settings.scoring.max_batch;
         let max_wait = Duration::from_millis(self.settings.scoring.max_wait_ms);
@@ -341,6 +348,7 @@ impl Pipeline {
             let first = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break Ok(()),
+                error = acknowledger_failure(&mut self.acknowledger) => break Err(error),
                 Some(candidate) = next_model(&mut self.model_updates) => {
                     // Between batches: nothing is in flight, so the swap is atomic.
                     self.apply_model_update(candidate);
@@ -387,8 +395,36 @@ impl Pipeline {
             }
         };
 
+        let acknowledged = self.stop_acknowledger().await;
         self.finish();
-        result.map(|_| self.stats)
+        result.and(acknowledged).map(|_| self.stats)
+    }
+
+    fn ack_context(&self) -> AckContext {
+        AckContext {
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+        }
+    }
+
+    /// Lets the acknowledgement task finish the batches in flight and adds its totals
+    /// to the stats.
+    async fn stop_acknowledger(&mut self) -> Result<(), PipelineError> {
+        self.in_flight = None;
+        let acknowledged = match self.acknowledger.take() {
+            Some(task) => match task.await {
+                Ok(result) => result?,
+                Err(error) => {
+                    tracing::error!(%error, "the acknowledgement task failed");
+                    return Err(PipelineError::AcknowledgerStopped);
+                }
+            },
+            None => self.acknowledged,
+        };
+        self.stats.verdicts = acknowledged.verdicts;
+        self.stats.anomalies = acknowledged.anomalies;
+        self.stats.last_acknowledged = acknowledged.last;
+        Ok(())
     }
 
     /// Scores one batch and publishes its outputs; in exactly-once mode inside one
@@ -400,15 +436,27 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         self.stats.first_received = self.stats.first_received.or(received.first().copied());
         if !self.exactly_once {
-            let offsets = self.score_and_produce(messages, received).await?;
-            self.store_offsets(&offsets);
+            let batch = self.score_and_send(messages, received).await?;
+            let handed_over = match &self.in_flight {
+                Some(in_flight) => in_flight.send(batch).await.is_ok(),
+                None => false,
+            };
+            if !handed_over {
+                // The acknowledgement task ended, which it does only on an error.
+                return Err(acknowledger_failure(&mut self.acknowledger).await);
+            }
             return Ok(());
         }
 
         self.producer
             .begin_transaction()
             .map_err(|source| PipelineError::Transaction { cause: source })?;
-        let offsets = match self.score_and_produce(messages, received).await {
+        let context = self.ack_context();
+        let acknowledged = match self.score_and_send(messages, received).await {
+            Ok(batch) => acknowledge_batch(batch, &context, &mut self.acknowledged).await,
+            Err(error) => Err(error),
+        };
+        let offsets = match acknowledged {
             Ok(offsets) => offsets,
             Err(error) => {
                 tokio::task::block_in_place(|| self.abort_transaction());
@@ -431,13 +479,13 @@ impl Pipeline {
         })
     }
 
-    /// Parses, scores and produces one batch and waits for every acknowledgement.
-    /// Returns the highest input offset per partition.
-    async fn score_and_produce(
+    /// Parses, scores and produces one batch. Returns its outputs, still awaiting
+    /// acknowledgement, and the highest input offset per partition.
+    async fn score_and_send(
         &mut self,
         messages: Vec<OwnedMessage>,
         received: Vec<Instant>,
-    ) -> Result<Offsets, PipelineError> {
+    ) -> Result<SentBatch, PipelineError> {
         let items: Vec<Item> = messages
             .into_iter()
             .zip(received)
@@ -478,9 +526,9 @@ impl Pipeline {
         let mut deliveries = Vec::with_capacity(items.len());
         let mut offsets = Offsets::new();
         let mut windows_in_batch = 0u64;
-        let output_topic = self.settings.kafka.output_topic.clone();
-        let deadletter_topic = self.settings.kafka.deadletter_topic.clone();
-        let alerts_topic = self.settings.kafka.alerts_topic.clone();
+        let output_topic: Arc<str> = self.settings.kafka.output_topic.as_str().into();
+        let deadletter_topic: Arc<str> = self.settings.kafka.deadletter_topic.as_str().into();
+        let alerts_topic: Arc<str> = self.settings.kafka.alerts_topic.as_str().into();
 
         for item in &items {
             let message = &item.message;
@@ -514,16 +562,16 @@ impl Pipeline {
                             .payload(&payload),
                     )
                     .await?;
-                    deliveries.push((
-                        future,
-                        Output::Verdict {
+                    deliveries.push(PendingOutput {
+                        delivery: future,
+                        output: Output::Verdict {
                             status: assessment.status,
                             ts_ms: record.ts_ms,
-                            device_id: record.device_id.as_str(),
+                            device_id: record.device_id.clone(),
                         },
-                        &output_topic,
-                        item.received,
-                    ));
+                        topic: output_topic.clone(),
+                        received: item.received,
+                    });
                     self.metrics
                         .records_consumed
                         .with_label_values(&["scored"])
@@ -550,12 +598,12 @@ impl Pipeline {
                                 .payload(&payload),
                         )
                         .await?;
-                        deliveries.push((
-                            future,
-                            Output::Alert(event.event),
-                            &alerts_topic,
-                            item.received,
-                        ));
+                        deliveries.push(PendingOutput {
+                            delivery: future,
+                            output: Output::Alert(event.event),
+                            topic: alerts_topic.clone(),
+                            received: item.received,
+                        });
                         tracing::info!(
                             alert_id = %event.alert_id,
                             event = event.event.as_str(),
@@ -586,12 +634,12 @@ impl Pipeline {
                         record = record.key(key);
                     }
                     let future = send_in_order(&self.producer, &self.metrics, record).await?;
-                    deliveries.push((
-                        future,
-                        Output::DeadLetter,
-                        &deadletter_topic,
-                        item.received,
-                    ));
+                    deliveries.push(PendingOutput {
+                        delivery: future,
+                        output: Output::DeadLetter,
+                        topic: deadletter_topic.clone(),
+                        received: item.received,
+                    });
                     self.metrics
                         .records_consumed
                         .with_label_values(&["dead_lettered"])
@@ -621,61 +669,6 @@ impl Pipeline {
         }
         self.metrics.batch_windows.observe(windows_in_batch as f64);
 
-        for (mut future, output, topic, received) in deliveries {
-            // librdkafka retries until message.timeout.ms; meanwhile a broker that stopped
-            // answering makes the service not ready instead of silently stalling.
-            let acknowledgement = match tokio::time::timeout(DELIVERY_STALL, &mut future).await {
-                Ok(acknowledgement) => acknowledgement,
-                Err(_) => {
-                    if !self.health.brokers_down.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            topic = %topic,
-                            waited_s = DELIVERY_STALL.as_secs(),
-                            "broker has not acknowledged a message; not ready until it does, librdkafka keeps retrying"
-                        );
-                    }
-                    let acknowledgement = future.await;
-                    if self.health.brokers_down.swap(false, Ordering::Relaxed) {
-                        tracing::info!("broker acknowledged again; resuming");
-                    }
-                    acknowledgement
-                }
-            };
-            let delivered = match acknowledgement {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((source, _))) => Err(source),
-                Err(_canceled) => Err(KafkaError::Canceled),
-            };
-            if let Err(source) = delivered {
-                self.metrics.producer_errors.inc();
-                return Err(PipelineError::Delivery {
-                    topic: topic.clone(),
-                    cause: source,
-                });
-            }
-            let acknowledged = Instant::now();
-            self.stats.last_acknowledged = Some(acknowledged);
-            if !matches!(output, Output::Alert(_)) {
-                self.metrics
-                    .processing_seconds
-                    .observe(acknowledged.duration_since(received).as_secs_f64());
-            }
-            match output {
-                Output::Verdict {
-                    status,
-                    ts_ms,
-                    device_id,
-                } => self.count_verdict(status, ts_ms, device_id),
-                Output::Alert(kind) => {
-                    self.metrics
-                        .alerts
-                        .with_label_values(&[kind.as_str()])
-                        .inc();
-                }
-                Output::DeadLetter => {}
-            }
-        }
-
         self.metrics
             .alerts_open
             .set(self.alerts.open_count() as i64);
@@ -699,37 +692,10 @@ impl Pipeline {
             .device_evictions
             .with_label_values(&["capacity"])
             .inc_by(events.evicted_capacity);
-        Ok(offsets)
-    }
-
-    /// Counts one acknowledged verdict in the stats and metrics.
-    fn count_verdict(&mut self, status: Status, ts_ms: i64, device_id: &str) {
-        self.stats.verdicts += 1;
-        if status == Status::Anomaly {
-            self.stats.anomalies += 1;
-            self.metrics.device_anomalies.inc(device_id);
-        }
-        self.metrics
-            .verdicts
-            .with_label_values(&[status.as_str()])
-            .inc();
-        let latency_ms = chrono::Utc::now().timestamp_millis() - ts_ms;
-        if latency_ms >= 0 {
-            self.metrics
-                .record_latency_seconds
-                .observe(latency_ms as f64 / 1000.0);
-        }
-    }
-
-    /// Stores the next offset to consume for each partition, for auto-commit.
-    fn store_offsets(&self, offsets: &Offsets) {
-        for ((topic, partition), offset) in offsets {
-            if let Err(error) = self.consumer.store_offset(topic, *partition, *offset) {
-                // The partition was revoked by a rebalance while the batch was in
-                // flight; its new owner consumes these records again.
-                tracing::debug!(%topic, partition, offset, %error, "offset not stored");
-            }
-        }
+        Ok(SentBatch {
+            outputs: deliveries,
+            offsets,
+        })
     }
 
     /// Sends the batch's input offsets into the open transaction and commits it.
@@ -780,6 +746,26 @@ fn probe_transactions(producer: &FutureProducer, topic: &str) -> Result<(), Kafk
     };
     let aborted = producer.abort_transaction(TRANSACTION_TIMEOUT);
     sent.and(aborted)
+}
+
+/// Waits until the acknowledgement task ends and returns its error; never resolves
+/// without a task. The task ends on its own only when a delivery fails.
+async fn acknowledger_failure(
+    task: &mut Option<JoinHandle<Result<Acknowledged, PipelineError>>>,
+) -> PipelineError {
+    let Some(handle) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let outcome = handle.await;
+    *task = None;
+    match outcome {
+        Ok(Err(error)) => error,
+        Ok(Ok(_)) => PipelineError::AcknowledgerStopped,
+        Err(error) => {
+            tracing::error!(%error, "the acknowledgement task failed");
+            PipelineError::AcknowledgerStopped
+        }
+    }
 }
 
 /// Waits for the next replacement model; never resolves without a watcher.
