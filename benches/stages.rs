@@ -136,30 +136,68 @@ fn inference(c: &mut Criterion) {
     let fixture = fixture();
     let scorer = Scorer::new(model(&fixture));
     let per_window = scorer.window_values();
-    let stream = records(&fixture, 512 * 40);
-    let windows: Vec<f32> = stream
-        .iter()
-        .flat_map(|r| r.values.iter().copied())
-        .take(512 * per_window)
-        .collect();
+    let windows = raw_windows(&fixture, per_window);
+
+    let mut group = c.benchmark_group("inference");
+    for batch in BATCH_SIZES {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("batch_{batch}"), |b| {
+            b.iter_batched_ref(
+                || windows[..batch * per_window].to_vec(),
+                |buffer| scorer.score_windows(buffer),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+/// The forward pass through libtorch's operators, which scoring used before the
+/// fused pass, with one and two intra-op threads.
+fn inference_libtorch(c: &mut Criterion) {
+    let fixture = fixture();
+    let loaded = model(&fixture);
+    let arch = loaded.meta.architecture;
+    let per_window = (arch.window * arch.features) as usize;
+    let mut windows = raw_windows(&fixture, per_window);
+    loaded.meta.scaler.transform_in_place(&mut windows);
 
     for threads in [1, 2] {
         tch::set_num_threads(threads);
-        let mut group = c.benchmark_group(format!("inference_{threads}thread"));
+        let mut group = c.benchmark_group(format!("inference_libtorch_{threads}thread"));
         group.measurement_time(Duration::from_secs(3));
         for batch in BATCH_SIZES {
+            let input = Tensor::from_slice(&windows[..batch * per_window]).view([
+                batch as i64,
+                arch.window,
+                arch.features,
+            ]);
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_function(format!("batch_{batch}"), |b| {
-                b.iter_batched_ref(
-                    || windows[..batch * per_window].to_vec(),
-                    |buffer| scorer.score_windows(buffer),
-                    BatchSize::SmallInput,
-                )
+                b.iter(|| {
+                    tch::no_grad(|| {
+                        let errors = (loaded.model.forward(&input) - &input).square().mean_dim(
+                            1,
+                            false,
+                            Kind::Float,
+                        );
+                        Vec::<f32>::try_from(errors.view([-1])).unwrap()
+                    })
+                })
             });
         }
         group.finish();
     }
     tch::set_num_threads(1);
+}
+
+/// 512 raw windows of consecutive workload records, `[512][W][F]`.
+fn raw_windows(fixture: &Fixture, per_window: usize) -> Vec<f32> {
+    records(fixture, 512 * 40)
+        .iter()
+        .flat_map(|r| r.values.iter().copied())
+        .take(512 * per_window)
+        .collect()
 }
 
 fn detector(c: &mut Criterion) {
@@ -228,5 +266,13 @@ fn sgemm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(stages, parse, window, inference, detector, sgemm);
+criterion_group!(
+    stages,
+    parse,
+    window,
+    inference,
+    inference_libtorch,
+    detector,
+    sgemm
+);
 criterion_main!(stages);

@@ -1,8 +1,6 @@
-//! Batched inference: raw windows → scaled tensor → reconstruction errors → scores.
+//! Batched inference: raw windows → scaled values → reconstruction errors → scores.
 
-use tch::{Kind, Tensor};
-
-use crate::model::{LoadedModel, ModelMeta};
+use crate::model::{FusedAutoencoder, LoadedModel, ModelMeta};
 use crate::verdict::Status;
 
 /// Reconstruction error of one window.
@@ -31,11 +29,15 @@ impl WindowScore {
 #[derive(Debug)]
 pub struct Scorer {
     loaded: LoadedModel,
+    /// The same weights for the fused forward pass that scoring runs.
+    fused: FusedAutoencoder,
 }
 
 impl Scorer {
     pub fn new(loaded: LoadedModel) -> Self {
-        Self { loaded }
+        let fused = FusedAutoencoder::from_vars(&loaded.vars, loaded.meta.architecture)
+            .expect("the VarStore of an LstmAutoencoder holds all of its weights");
+        Self { loaded, fused }
     }
 
     pub fn meta(&self) -> &ModelMeta {
@@ -76,22 +78,9 @@ impl Scorer {
         debug_assert_eq!(windows.len(), count * per_window);
         self.loaded.meta.scaler.transform_in_place(windows);
 
-        let arch = self.loaded.meta.architecture;
-        let (per_feature, features) = tch::no_grad(|| {
-            let input =
-                Tensor::from_slice(windows).view([count as i64, arch.window, arch.features]);
-            let reconstruction = self.loaded.model.forward(&input);
-            // [B, W, F] → mean over steps → [B, F]
-            let errors = (reconstruction - &input)
-                .square()
-                .mean_dim(1, false, Kind::Float)
-                .contiguous();
-            (
-                Vec::<f32>::try_from(errors.view([-1])),
-                arch.features as usize,
-            )
-        });
-        let per_feature = per_feature.expect("a contiguous float tensor converts to Vec<f32>");
+        let features = self.loaded.meta.architecture.features as usize;
+        // [B, W, F] → mean squared error over steps → [B, F]
+        let per_feature = self.fused.reconstruction_errors(windows);
 
         per_feature
             .chunks_exact(features)

@@ -3,6 +3,7 @@
 mod autoencoder;
 mod checkpoint;
 mod cost;
+mod fused;
 mod scaler;
 
 pub use autoencoder::{Architecture, LstmAutoencoder};
@@ -11,4 +12,5 @@ pub use checkpoint::{
     ThresholdInfo, TrainingInfo, CHECKPOINT_FORMAT, META_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE,
 };
 pub use cost::{measure_sgemm, WindowCost};
+pub use fused::FusedAutoencoder;
 pub use scaler::Scaler;
