@@ -121,6 +121,18 @@ impl Child {
         Ok(())
     }
 
+    /// Sends signal `name` (`STOP`, `CONT`, ...) with `kill`.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .context("cannot run kill")?;
+        if !status.success() {
+            bail!("kill -{name} {} failed", self.pid());
+        }
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for the exit.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let Some(mut child) = self.child.take() else {

@@ -6,13 +6,14 @@ use crate::ceiling::Ceiling;
 use crate::memory::MemoryReport;
 use crate::stats::{median, Percentiles};
 
-/// Backlog drain: records produced first, then scored as fast as possible.
+/// Backlog drain: records produced while the warm scorer is paused, then scored as
+/// fast as it goes.
 #[derive(Debug, Clone, Serialize)]
 pub struct ThroughputResult {
     pub records: u64,
-    /// From the scorer's first record received to its last output acknowledged, as the
-    /// scorer logs it on shutdown.
-    pub active_s: f64,
+    /// From resuming the scorer to the arrival of the backlog's last verdict at the
+    /// harness's reader.
+    pub drain_s: f64,
     pub throughput_records_per_s: f64,
     /// Verdicts with a score (full windows), the ones that needed inference.
     pub scored_windows: u64,

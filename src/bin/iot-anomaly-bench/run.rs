@@ -237,9 +237,13 @@ fn architecture_of(context: &RunContext) -> anyhow::Result<iot_anomaly::model::A
     Ok(meta.architecture)
 }
 
-/// Produces the backlog, then starts the scorer and waits for every verdict.
+/// Warms the scorer up (every device's window full, connections open), pauses it
+/// with SIGSTOP while the backlog is produced, resumes it and times the backlog's
+/// verdicts from the resume to the last arrival.
 async fn throughput_segment(context: &RunContext, run: usize) -> anyhow::Result<ThroughputResult> {
     let segment = Segment::start(context, &format!("run{run}-throughput"), false)?;
+    let mut scorer = segment.start_scorer(context)?;
+    scorer.wait_ready(READY_TIMEOUT)?;
     let producer = segment.producer()?;
     let reader = Reader::start(
         &segment.scorer.kafka,
@@ -247,71 +251,79 @@ async fn throughput_segment(context: &RunContext, run: usize) -> anyhow::Result<
         context.partitions,
         OutputKind::Verdicts,
     )?;
-    let backlog = produce(
+    let warm_up = (context.workload.devices() * context.window) as u64;
+    produce(
         &producer,
         RAW,
         &context.workload,
         0,
+        Plan::Burst { count: warm_up },
+    )
+    .await?;
+    reader
+        .wait_for(warm_up as usize, DRAIN_TIMEOUT, || {
+            scorer.process.check_running()
+        })
+        .await?;
+
+    scorer.process.signal("STOP")?;
+    let backlog = produce(
+        &producer,
+        RAW,
+        &context.workload,
+        warm_up,
         Plan::Burst {
             count: context.records,
         },
     )
-    .await?;
-
-    let mut scorer = segment.start_scorer(context)?;
-    let timeout = READY_TIMEOUT + DRAIN_TIMEOUT;
-    reader
-        .wait_for(1, timeout, || scorer.process.check_running())
-        .await?;
+    .await;
+    // Resume before looking at the result, so a failed produce leaves no stopped process.
+    let resumed = Instant::now();
+    scorer.process.signal("CONT")?;
+    let backlog = backlog?;
     let scorer_cpu = CpuMeter::start(scorer.process.pid())?;
     let broker_cpu = CpuMeter::start(segment.broker.pid())?;
     let harness_cpu = CpuMeter::start(std::process::id())?;
     reader
-        .wait_for(backlog.len(), timeout, || scorer.process.check_running())
+        .wait_for(warm_up as usize + backlog.len(), DRAIN_TIMEOUT, || {
+            scorer.process.check_running()
+        })
         .await?;
     let scorer_cpu_cores = scorer_cpu.cores()?;
     let broker_cpu_cores = broker_cpu.cores()?;
     let harness_cpu_cores = harness_cpu.cores()?;
     let scorer_rss_bytes = rss_bytes(scorer.process.pid())?;
 
+    let arrivals = reader.arrivals();
+    let of_backlog = || {
+        arrivals
+            .iter()
+            .filter(|a| backlog.positions.contains_key(&(a.partition, a.offset)))
+    };
+    let last = of_backlog()
+        .map(|a| a.at)
+        .max()
+        .context("no verdict of the backlog arrived")?;
+    let scored_windows = of_backlog().filter(|a| a.scored).count() as u64;
+    let drain_s = last.duration_since(resumed).as_secs_f64();
+
     let status = scorer.process.terminate(Duration::from_secs(60))?;
     if !status.success() {
         bail!("the scorer exited with {status} after SIGTERM");
     }
-    let (consumed, active_s) = stopped_line(&scorer.process.log())?;
-    let scored_windows = reader.arrivals().iter().filter(|a| a.scored).count() as u64;
     reader.stop().await;
     drop(producer);
     Ok(ThroughputResult {
-        records: consumed,
-        active_s,
-        throughput_records_per_s: consumed as f64 / active_s,
+        records: backlog.len() as u64,
+        drain_s,
+        throughput_records_per_s: backlog.len() as f64 / drain_s,
         scored_windows,
-        throughput_windows_per_s: scored_windows as f64 / active_s,
+        throughput_windows_per_s: scored_windows as f64 / drain_s,
         scorer_cpu_cores,
         broker_cpu_cores,
         harness_cpu_cores,
         scorer_rss_bytes,
     })
-}
-
-/// Reads `consumed` and `active_s` from the scorer's JSON "scoring pipeline stopped" log.
-fn stopped_line(log: &str) -> anyhow::Result<(u64, f64)> {
-    for line in log.lines() {
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if event["message"] != "scoring pipeline stopped" {
-            continue;
-        }
-        let consumed = event["consumed"].as_u64().context("no consumed field")?;
-        let active_s = event["active_s"].as_f64().context("no active_s field")?;
-        if active_s <= 0.0 {
-            bail!("the scorer reported active_s = {active_s}");
-        }
-        return Ok((consumed, active_s));
-    }
-    bail!("the scorer's log has no \"scoring pipeline stopped\" line")
 }
 
 /// The scorer and then the floor at one offered rate, both warmed up first.
@@ -454,12 +466,5 @@ mod tests {
         assert_eq!(Offered::parse(" 1500 ").unwrap(), Offered::Rate(1_500.0));
         assert!(Offered::parse("-1").is_err());
         assert!(Offered::parse("fast").is_err());
-    }
-
-    #[test]
-    fn stopped_line_is_found() {
-        let log = "{\"message\":\"model loaded\"}\nnot json\n{\"message\":\"scoring pipeline stopped\",\"consumed\":10,\"active_s\":0.5}\n";
-        assert_eq!(stopped_line(log).unwrap(), (10, 0.5));
-        assert!(stopped_line("{\"message\":\"other\"}").is_err());
     }
 }
