@@ -158,7 +158,7 @@ impl RecordParser {
             .map_err(|e| RejectReason::InvalidJson(e.to_string()))?;
         let raw = raw?;
 
-        let values = self.check_values(&raw.values)?;
+        let values = self.check_values(raw.values.as_slice())?;
         let device_id = resolve_device_id(raw.device_id, meta.key)?;
         let ts_ms = match raw.ts {
             Some(ts) => ts,
@@ -264,7 +264,42 @@ fn unix_number_to_ms(number: f64) -> Result<i64, RejectReason> {
 struct RawRecord {
     device_id: Option<String>,
     ts: Option<i64>,
-    values: Vec<Option<f64>>,
+    values: FeatureSlots,
+}
+
+/// Schemas up to this many features parse without a heap allocation for the values.
+const INLINE_FEATURES: usize = 16;
+
+/// One slot per schema feature, on the stack for up to [`INLINE_FEATURES`] features.
+// The inline variant is large on purpose: it lives on the stack for one parse.
+#[allow(clippy::large_enum_variant)]
+enum FeatureSlots {
+    Inline([Option<f64>; INLINE_FEATURES], usize),
+    Heap(Vec<Option<f64>>),
+}
+
+impl FeatureSlots {
+    fn new(len: usize) -> Self {
+        if len <= INLINE_FEATURES {
+            Self::Inline([None; INLINE_FEATURES], len)
+        } else {
+            Self::Heap(vec![None; len])
+        }
+    }
+
+    fn as_slice(&self) -> &[Option<f64>] {
+        match self {
+            Self::Inline(slots, len) => &slots[..*len],
+            Self::Heap(slots) => slots,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Option<f64>] {
+        match self {
+            Self::Inline(slots, len) => &mut slots[..*len],
+            Self::Heap(slots) => slots,
+        }
+    }
 }
 
 /// Deserializes a JSON object straight into a [`RawRecord`] without building a
@@ -294,7 +329,7 @@ impl<'de> Visitor<'de> for RawRecordSeed<'_> {
         let mut raw = RawRecord {
             device_id: None,
             ts: None,
-            values: vec![None; self.schema.len()],
+            values: FeatureSlots::new(self.schema.len()),
         };
         let mut seen_device = false;
         let mut seen_ts = false;
@@ -304,7 +339,7 @@ impl<'de> Visitor<'de> for RawRecordSeed<'_> {
 
         while let Some(key) = map.next_key::<KeyText<'de>>()? {
             let key = key.0;
-            let value: Scalar = map.next_value()?;
+            let value: Scalar<'de> = map.next_value()?;
             if problem.is_some() {
                 continue;
             }
@@ -316,7 +351,7 @@ impl<'de> Visitor<'de> for RawRecordSeed<'_> {
                         continue;
                     }
                     match value {
-                        Scalar::Text(id) => raw.device_id = Some(id),
+                        Scalar::Text(id) => raw.device_id = Some(id.into_owned()),
                         Scalar::Null => {}
                         other => {
                             problem = Some(RejectReason::InvalidDeviceId(format!(
@@ -356,13 +391,14 @@ impl<'de> Visitor<'de> for RawRecordSeed<'_> {
                         }
                         continue;
                     };
-                    if raw.values[index].is_some() {
+                    let slot = &mut raw.values.as_mut_slice()[index];
+                    if slot.is_some() {
                         problem = Some(duplicate());
                         continue;
                     }
                     let feature = &self.schema.features()[index].name;
                     match value {
-                        Scalar::Number(n) => raw.values[index] = Some(n),
+                        Scalar::Number(n) => *slot = Some(n),
                         Scalar::Null => {
                             problem = Some(RejectReason::MissingFeature(feature.clone()))
                         }
@@ -439,16 +475,17 @@ impl<'de> de::Deserialize<'de> for KeyText<'de> {
 }
 
 /// A JSON value reduced to what validation needs; nested values are skipped, not built.
-enum Scalar {
+/// Strings without escapes are borrowed from the payload.
+enum Scalar<'de> {
     Null,
     Bool,
     Number(f64),
-    Text(String),
+    Text(Cow<'de, str>),
     Array,
     Object,
 }
 
-impl Scalar {
+impl Scalar<'_> {
     fn describe(&self) -> String {
         match self {
             Self::Null => "null".into(),
@@ -464,43 +501,46 @@ impl Scalar {
     }
 }
 
-impl<'de> de::Deserialize<'de> for Scalar {
+impl<'de> de::Deserialize<'de> for Scalar<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct ScalarVisitor;
         impl<'de> Visitor<'de> for ScalarVisitor {
-            type Value = Scalar;
+            type Value = Scalar<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Null)
             }
-            fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+            fn visit_none<E: de::Error>(self) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Null)
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Bool)
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Number(v as f64))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Number(v as f64))
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Number(v))
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar::Text(v.to_owned()))
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Text(Cow::Borrowed(v)))
             }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
-                Ok(Scalar::Text(v))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Text(Cow::Owned(v.to_owned())))
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Text(Cow::Owned(v)))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar<'de>, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(Scalar::Array)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar<'de>, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(Scalar::Object)
             }

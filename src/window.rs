@@ -6,7 +6,7 @@
 //! supplied by the caller (wall clock in the service, record time in offline
 //! evaluation), so both paths age devices the same way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{LatePolicy, WindowSettings};
@@ -29,6 +29,9 @@ pub struct WindowEvents {
     pub gap_resets: u64,
 }
 
+/// Marks the end of the recency list.
+const NONE: usize = usize::MAX;
+
 #[derive(Debug)]
 struct DeviceWindow {
     /// Ring buffer of `W` rows of `F` values; `head` is the next row to write.
@@ -37,11 +40,16 @@ struct DeviceWindow {
     filled: usize,
     last_ts_ms: i64,
     last_seen_ms: i64,
-    /// Key of this device in `WindowStore::recency`.
-    touch: u64,
+    /// Neighbours in the recency list, slot indices or [`NONE`].
+    older: usize,
+    newer: usize,
     id: Arc<str>,
 }
 
+/// Device windows in a slab of slots, found by id through a hash map and ordered by
+/// last use in a doubly linked list threaded through the slots, so a push does one
+/// hash lookup and no allocation once the device is known. Slots of evicted devices,
+/// with their value buffers, are reused for new devices.
 #[derive(Debug)]
 pub struct WindowStore {
     window: usize,
@@ -50,10 +58,12 @@ pub struct WindowStore {
     idle_ttl_ms: i64,
     max_gap_ms: i64,
     late_policy: LatePolicy,
-    devices: HashMap<Arc<str>, DeviceWindow>,
-    /// Devices ordered by last touch; the first entry is the least recently seen.
-    recency: BTreeMap<u64, Arc<str>>,
-    next_touch: u64,
+    slots: Vec<DeviceWindow>,
+    index: HashMap<Arc<str>, usize>,
+    free: Vec<usize>,
+    /// Least and most recently seen devices.
+    oldest: usize,
+    newest: usize,
     events: WindowEvents,
 }
 
@@ -67,9 +77,11 @@ impl WindowStore {
                 .unwrap_or(i64::MAX),
             max_gap_ms: i64::try_from(settings.max_gap_s.saturating_mul(1000)).unwrap_or(i64::MAX),
             late_policy: settings.late_policy,
-            devices: HashMap::new(),
-            recency: BTreeMap::new(),
-            next_touch: 0,
+            slots: Vec::new(),
+            index: HashMap::new(),
+            free: Vec::new(),
+            oldest: NONE,
+            newest: NONE,
             events: WindowEvents::default(),
         }
     }
@@ -83,7 +95,7 @@ impl WindowStore {
     }
 
     pub fn device_count(&self) -> usize {
-        self.devices.len()
+        self.index.len()
     }
 
     /// Returns and clears the eviction and reset counters.
@@ -105,30 +117,11 @@ impl WindowStore {
         debug_assert_eq!(record.values.len(), self.features);
         self.evict_idle(now_ms);
 
-        if !self.devices.contains_key(record.device_id.as_str()) {
-            if self.devices.len() >= self.max_devices {
-                self.evict_least_recent();
-            }
-            let device: Arc<str> = Arc::from(record.device_id.as_str());
-            self.devices.insert(
-                device.clone(),
-                DeviceWindow {
-                    id: device,
-                    values: vec![0.0; self.window * self.features],
-                    head: 0,
-                    filled: 0,
-                    last_ts_ms: i64::MIN,
-                    last_seen_ms: now_ms,
-                    touch: u64::MAX,
-                },
-            );
-        }
-
-        let touch = self.next_touch;
-        let state = self
-            .devices
-            .get_mut(record.device_id.as_str())
-            .expect("device inserted above");
+        let slot = match self.index.get(record.device_id.as_str()) {
+            Some(&slot) => slot,
+            None => self.insert(&record.device_id, now_ms),
+        };
+        let state = &mut self.slots[slot];
 
         if record.ts_ms < state.last_ts_ms && self.late_policy == LatePolicy::DeadLetter {
             return Err(RejectReason::Late {
@@ -151,43 +144,100 @@ impl WindowStore {
         state.filled = (state.filled + 1).min(self.window);
         state.last_ts_ms = state.last_ts_ms.max(record.ts_ms);
         state.last_seen_ms = now_ms;
+        let (filled, head) = (state.filled, state.head);
+        self.make_newest(slot);
 
-        self.recency.remove(&state.touch);
-        state.touch = touch;
-        self.recency.insert(touch, state.id.clone());
-        self.next_touch += 1;
-
-        if state.filled < self.window {
-            return Ok(Push::WarmingUp {
-                filled: state.filled,
-            });
+        if filled < self.window {
+            return Ok(Push::WarmingUp { filled });
         }
         // Full ring: `head` is the oldest row.
-        let split = state.head * self.features;
-        out.extend_from_slice(&state.values[split..]);
-        out.extend_from_slice(&state.values[..split]);
+        let values = &self.slots[slot].values;
+        let split = head * self.features;
+        out.extend_from_slice(&values[split..]);
+        out.extend_from_slice(&values[..split]);
         Ok(Push::Ready)
     }
 
-    fn evict_idle(&mut self, now_ms: i64) {
-        while let Some((_, device)) = self.recency.first_key_value() {
-            let idle = match self.devices.get(device) {
-                Some(state) => now_ms.saturating_sub(state.last_seen_ms) > self.idle_ttl_ms,
-                None => true,
-            };
-            if !idle {
-                break;
+    /// Adds an empty window for `device`, evicting the least recently seen device when
+    /// the store is full, and returns its slot.
+    fn insert(&mut self, device: &str, now_ms: i64) -> usize {
+        if self.index.len() >= self.max_devices {
+            self.remove(self.oldest);
+            self.events.evicted_capacity += 1;
+        }
+        let id: Arc<str> = Arc::from(device);
+        let window = DeviceWindow {
+            values: Vec::new(),
+            head: 0,
+            filled: 0,
+            last_ts_ms: i64::MIN,
+            last_seen_ms: now_ms,
+            older: NONE,
+            newer: NONE,
+            id: id.clone(),
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                // Keep the freed slot's value buffer; `filled = 0` hides its contents.
+                let values = std::mem::take(&mut self.slots[slot].values);
+                self.slots[slot] = DeviceWindow { values, ..window };
+                slot
             }
-            let (_, device) = self.recency.pop_first().expect("checked non-empty");
-            self.devices.remove(&device);
-            self.events.evicted_idle += 1;
+            None => {
+                self.slots.push(DeviceWindow {
+                    values: vec![0.0; self.window * self.features],
+                    ..window
+                });
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(id, slot);
+        self.link_newest(slot);
+        slot
+    }
+
+    /// Drops the device in `slot` and keeps the slot for reuse.
+    fn remove(&mut self, slot: usize) {
+        self.unlink(slot);
+        self.index.remove(&self.slots[slot].id);
+        self.free.push(slot);
+    }
+
+    fn unlink(&mut self, slot: usize) {
+        let (older, newer) = (self.slots[slot].older, self.slots[slot].newer);
+        match older {
+            NONE => self.oldest = newer,
+            older => self.slots[older].newer = newer,
+        }
+        match newer {
+            NONE => self.newest = older,
+            newer => self.slots[newer].older = older,
         }
     }
 
-    fn evict_least_recent(&mut self) {
-        if let Some((_, device)) = self.recency.pop_first() {
-            self.devices.remove(&device);
-            self.events.evicted_capacity += 1;
+    fn link_newest(&mut self, slot: usize) {
+        self.slots[slot].older = self.newest;
+        self.slots[slot].newer = NONE;
+        match self.newest {
+            NONE => self.oldest = slot,
+            newest => self.slots[newest].newer = slot,
+        }
+        self.newest = slot;
+    }
+
+    fn make_newest(&mut self, slot: usize) {
+        if self.newest != slot {
+            self.unlink(slot);
+            self.link_newest(slot);
+        }
+    }
+
+    fn evict_idle(&mut self, now_ms: i64) {
+        while self.oldest != NONE
+            && now_ms.saturating_sub(self.slots[self.oldest].last_seen_ms) > self.idle_ttl_ms
+        {
+            self.remove(self.oldest);
+            self.events.evicted_idle += 1;
         }
     }
 }
@@ -351,6 +401,6 @@ mod tests {
         }
         assert_eq!(store.device_count(), 1_000);
         assert_eq!(store.take_events().evicted_capacity, 99_000);
-        assert_eq!(store.recency.len(), 1_000);
+        assert_eq!(store.slots.len(), 1_000);
     }
 }
