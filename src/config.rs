@@ -201,8 +201,13 @@ pub struct ScoringSettings {
     pub max_batch: usize,
     /// Maximum time in milliseconds a batch waits to fill before it is scored.
     pub max_wait_ms: u64,
-    /// libtorch intra-op threads; 0 keeps libtorch's default (one per core).
+    /// libtorch intra-op threads; 0 keeps libtorch's default (one per core). Scoring
+    /// runs its own forward pass on the scoring task's thread, so this applies only to
+    /// libtorch work such as loading checkpoints.
     pub intra_op_threads: usize,
+    /// Score every `stride`-th full window of each device; the records in between get
+    /// the status and score of the device's last scored window. 1 scores every record.
+    pub stride: usize,
 }
 
 impl Default for ScoringSettings {
@@ -211,6 +216,7 @@ impl Default for ScoringSettings {
             max_batch: 512,
             max_wait_ms: 5,
             intra_op_threads: 1,
+            stride: 1,
         }
     }
 }
@@ -568,6 +574,9 @@ impl Settings {
         }
         if self.scoring.max_batch == 0 {
             return Err(invalid("scoring.max_batch", 0, "use 1 or more"));
+        }
+        if self.scoring.stride == 0 {
+            return Err(invalid("scoring.stride", 0, "use 1 or more"));
         }
         if self.windows.max_devices == 0 {
             return Err(invalid("windows.max_devices", 0, "use 1 or more"));

@@ -70,7 +70,8 @@ pub async fn run_demo(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     let loaded = load_checkpoint(&settings.model.dir)?;
     let schema: FeatureSchema = loaded.meta.features.clone();
     let windows = loaded.meta.training.anomaly_windows.clone();
-    let detector = Detector::new(Scorer::new(loaded), &settings.windows);
+    let detector =
+        Detector::new(Scorer::new(loaded), &settings.windows).with_stride(settings.scoring.stride);
 
     // The labelled series, for the precision/recall at the end.
     let csv_options = CsvOptions {

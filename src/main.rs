@@ -110,6 +110,10 @@ enum Command {
         /// Records per inference batch.
         #[arg(long, default_value_t = 512)]
         batch: usize,
+        /// Configuration whose [windows] policies and scoring.stride apply;
+        /// IOT_ANOMALY__SECTION__KEY variables override it, with or without a file.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -263,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             device_column,
             time_column,
             batch,
+            config,
             json,
         } => {
             telemetry::init_logging(cli.log_format.unwrap_or_default(), "warn");
@@ -274,8 +279,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anomaly_windows: loaded.meta.training.anomaly_windows.clone(),
             };
             let series = load_csv(&data, &loaded.meta.features, &options)?;
-            let settings = Settings::default();
-            let mut detector = Detector::new(Scorer::new(loaded), &settings.windows);
+            let settings = Settings::load(config.as_deref())?;
+            let mut detector = Detector::new(Scorer::new(loaded), &settings.windows)
+                .with_stride(settings.scoring.stride);
             let (report, _) = evaluate(&mut detector, &series, batch);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -349,7 +355,8 @@ async fn serve(config: &Path, log_format: Option<LogFormat>) -> anyhow::Result<(
     let shutdown_timeout_s = settings.shutdown.timeout_s;
     let metrics = Metrics::with_max_device_series(settings.metrics.max_device_series);
     let health = Arc::new(Health::default());
-    let detector = Detector::new(Scorer::new(loaded), &settings.windows);
+    let detector =
+        Detector::new(Scorer::new(loaded), &settings.windows).with_stride(settings.scoring.stride);
     let updates = iot_anomaly::reload::spawn_watcher(&settings.model, metrics.clone());
     let pipeline = Pipeline::new(settings, detector, metrics.clone(), health.clone())?
         .with_model_updates(updates);

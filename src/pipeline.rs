@@ -544,7 +544,7 @@ impl Pipeline {
             };
             match outcome {
                 Ok((record, assessment)) => {
-                    if assessment.score.is_some() {
+                    if assessment.score.is_some() && !assessment.carried {
                         windows_in_batch += 1;
                     }
                     let verdict = self.detector.verdict(
@@ -577,7 +577,9 @@ impl Pipeline {
                         .with_label_values(&["scored"])
                         .inc();
 
-                    let event = assessment.score.as_ref().and_then(|score| {
+                    // A carried score was observed when its window was scored.
+                    let fresh_score = assessment.score.as_ref().filter(|_| !assessment.carried);
+                    let event = fresh_score.and_then(|score| {
                         self.alerts.observe(Observation {
                             device_id: &record.device_id,
                             ts_ms: record.ts_ms,

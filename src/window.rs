@@ -21,6 +21,19 @@ pub enum Push {
     Ready,
 }
 
+/// A successful [`WindowStore::push_tracked`]: the outcome plus what strided scoring
+/// needs to know about the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    pub push: Push,
+    /// The device's slot: stable while the device stays in the store, and reused for
+    /// another device after it is evicted.
+    pub slot: usize,
+    /// Full windows the device produced before this one since its window last
+    /// started filling: 0 for the first full window.
+    pub full_before: u64,
+}
+
 /// Counters of state changes, read and reset by [`WindowStore::take_events`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WindowEvents {
@@ -40,6 +53,8 @@ struct DeviceWindow {
     filled: usize,
     last_ts_ms: i64,
     last_seen_ms: i64,
+    /// Pushes that found the window full since it last started filling.
+    full_pushes: u64,
     /// Neighbours in the recency list, slot indices or [`NONE`].
     older: usize,
     newer: usize,
@@ -114,6 +129,18 @@ impl WindowStore {
         now_ms: i64,
         out: &mut Vec<f32>,
     ) -> Result<Push, RejectReason> {
+        self.push_tracked(record, now_ms, out)
+            .map(|pushed| pushed.push)
+    }
+
+    /// Like [`WindowStore::push`], and also returns the device's slot and how many full
+    /// windows it produced before this one.
+    pub fn push_tracked(
+        &mut self,
+        record: &SensorRecord,
+        now_ms: i64,
+        out: &mut Vec<f32>,
+    ) -> Result<Pushed, RejectReason> {
         debug_assert_eq!(record.values.len(), self.features);
         self.evict_idle(now_ms);
 
@@ -135,6 +162,7 @@ impl WindowStore {
         {
             state.filled = 0;
             state.head = 0;
+            state.full_pushes = 0;
             self.events.gap_resets += 1;
         }
 
@@ -145,17 +173,28 @@ impl WindowStore {
         state.last_ts_ms = state.last_ts_ms.max(record.ts_ms);
         state.last_seen_ms = now_ms;
         let (filled, head) = (state.filled, state.head);
+        if filled < self.window {
+            self.make_newest(slot);
+            return Ok(Pushed {
+                push: Push::WarmingUp { filled },
+                slot,
+                full_before: 0,
+            });
+        }
+        let full_before = state.full_pushes;
+        state.full_pushes += 1;
         self.make_newest(slot);
 
-        if filled < self.window {
-            return Ok(Push::WarmingUp { filled });
-        }
         // Full ring: `head` is the oldest row.
         let values = &self.slots[slot].values;
         let split = head * self.features;
         out.extend_from_slice(&values[split..]);
         out.extend_from_slice(&values[..split]);
-        Ok(Push::Ready)
+        Ok(Pushed {
+            push: Push::Ready,
+            slot,
+            full_before,
+        })
     }
 
     /// Adds an empty window for `device`, evicting the least recently seen device when
@@ -172,6 +211,7 @@ impl WindowStore {
             filled: 0,
             last_ts_ms: i64::MIN,
             last_seen_ms: now_ms,
+            full_pushes: 0,
             older: NONE,
             newer: NONE,
             id: id.clone(),
@@ -388,6 +428,27 @@ mod tests {
             .unwrap();
         assert_eq!(store.device_count(), 2);
         assert_eq!(store.take_events().evicted_idle, 1);
+    }
+
+    #[test]
+    fn full_windows_are_counted_per_device() {
+        let mut window_settings = settings(10);
+        window_settings.max_gap_s = 5;
+        let mut store = WindowStore::new(2, 2, &window_settings);
+        let mut out = Vec::new();
+        let mut full_before = |store: &mut WindowStore, device: &str, ts_ms: i64| {
+            let pushed = store.push_tracked(&reading(device, ts_ms, 1.0), ts_ms, &mut out);
+            pushed.unwrap().full_before
+        };
+        assert_eq!(full_before(&mut store, "a", 0), 0);
+        assert_eq!(full_before(&mut store, "a", 1), 0);
+        assert_eq!(full_before(&mut store, "b", 1), 0);
+        assert_eq!(full_before(&mut store, "a", 2), 1);
+        assert_eq!(full_before(&mut store, "a", 3), 2);
+        // A gap restarts the window, and with it the count.
+        assert_eq!(full_before(&mut store, "a", 9_000), 0);
+        assert_eq!(full_before(&mut store, "a", 9_001), 0);
+        assert_eq!(full_before(&mut store, "a", 9_002), 1);
     }
 
     #[test]
