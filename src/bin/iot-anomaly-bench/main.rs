@@ -79,8 +79,8 @@ struct RunArgs {
     /// Partitions of the input and output topics.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
-    /// Offered rates in records per second (`10k` = 10000), or `max` for as fast as
-    /// the producer goes.
+    /// Offered rates in records per second (`10k` = 10000); `max` offers the
+    /// throughput measured earlier in the same run, `flood` as fast as the producer goes.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,max")]
     rates: Vec<String>,
     /// Seconds each offered rate is sent, to the scorer and then to the floor.

@@ -33,18 +33,24 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Extra time after sending for the last outputs to arrive.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// An offered rate: records per second, or as fast as the producer goes.
+/// An offered rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Offered {
+    /// Records per second.
     Rate(f64),
+    /// The throughput the same run measured: the scorer at saturation.
     Max,
+    /// As fast as the producer goes, which builds a backlog when the producer is faster.
+    Flood,
 }
 
 impl Offered {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let text = text.trim();
-        if text == "max" {
-            return Ok(Self::Max);
+        match text {
+            "max" => return Ok(Self::Max),
+            "flood" => return Ok(Self::Flood),
+            _ => {}
         }
         let (number, scale) = match text.strip_suffix('k') {
             Some(number) => (number, 1000.0),
@@ -52,7 +58,7 @@ impl Offered {
         };
         let rate: f64 = number
             .parse()
-            .with_context(|| format!("invalid rate {text:?}: use a number, 10k or max"))?;
+            .with_context(|| format!("invalid rate {text:?}: use a number, 10k, max or flood"))?;
         if !(rate > 0.0 && rate.is_finite()) {
             bail!("invalid rate {text:?}: it must be positive");
         }
@@ -63,13 +69,19 @@ impl Offered {
         match self {
             Self::Rate(rate) => format!("{rate:.0}"),
             Self::Max => "max".into(),
+            Self::Flood => "flood".into(),
         }
     }
 
-    fn plan(&self, duration: Duration) -> Plan {
+    /// The sending plan; `max_rate` is the throughput measured earlier in the run.
+    fn plan(&self, duration: Duration, max_rate: f64) -> Plan {
         match *self {
             Self::Rate(rate) => Plan::Rate { rate, duration },
-            Self::Max => Plan::Flood { duration },
+            Self::Max => Plan::Rate {
+                rate: max_rate,
+                duration,
+            },
+            Self::Flood => Plan::Flood { duration },
         }
     }
 }
@@ -211,7 +223,8 @@ pub async fn run_once(context: &RunContext, run: usize) -> anyhow::Result<RunRes
     let mut rates = Vec::with_capacity(context.rates.len());
     for offered in &context.rates {
         eprintln!("run {run}: offered {}", offered.label());
-        rates.push(rate_segment(context, run, *offered, arch_window).await?);
+        let max_rate = throughput.throughput_records_per_s;
+        rates.push(rate_segment(context, run, *offered, max_rate, arch_window).await?);
     }
     Ok(RunResult {
         run,
@@ -331,6 +344,7 @@ async fn rate_segment(
     context: &RunContext,
     run: usize,
     offered: Offered,
+    max_rate: f64,
     window: usize,
 ) -> anyhow::Result<RateResult> {
     let segment = Segment::start(context, &format!("run{run}-rate-{}", offered.label()), true)?;
@@ -373,7 +387,7 @@ async fn rate_segment(
             .await?;
     }
 
-    let plan = offered.plan(context.phase);
+    let plan = offered.plan(context.phase, max_rate);
     let scorer_phase = phase(
         &producer,
         RAW,
@@ -462,6 +476,7 @@ mod tests {
     #[test]
     fn offered_rates_parse() {
         assert_eq!(Offered::parse("max").unwrap(), Offered::Max);
+        assert_eq!(Offered::parse("flood").unwrap(), Offered::Flood);
         assert_eq!(Offered::parse("10k").unwrap(), Offered::Rate(10_000.0));
         assert_eq!(Offered::parse(" 1500 ").unwrap(), Offered::Rate(1_500.0));
         assert!(Offered::parse("-1").is_err());
