@@ -1,10 +1,10 @@
 //! One end-to-end run: a throughput segment, then one segment per offered rate, each
 //! on a fresh tansu broker.
 //!
-//! tansu 0.6.0's in-memory store scans a partition's whole history on every fetch, so
-//! a fresh broker per segment keeps earlier segments from slowing later ones, and the
-//! floor is warmed up with as many records as the scorer, so both read topics of the
-//! same length.
+//! tansu 0.6.0's in-memory store scans a partition's whole history on every fetch. A
+//! fresh broker per segment therefore keeps earlier segments from slowing later ones,
+//! and the floor is warmed up with as many records as the scorer, so that both read
+//! topics of the same length.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -73,7 +73,7 @@ impl Offered {
         }
     }
 
-    /// The sending plan; `max_rate` is the throughput measured earlier in the run.
+    /// Returns the sending plan. `max_rate` is the throughput measured earlier in the run.
     fn plan(&self, duration: Duration, max_rate: f64) -> Plan {
         match *self {
             Self::Rate(rate) => Plan::Rate { rate, duration },
@@ -251,7 +251,7 @@ impl Segment {
         )
     }
 
-    /// A producer with the scorer's client settings.
+    /// Creates a producer with the scorer's client settings.
     fn producer(&self) -> anyhow::Result<FutureProducer> {
         kafka::create_producer(&self.scorer.kafka).context("cannot create the load producer")
     }
@@ -385,7 +385,7 @@ async fn throughput_segment(context: &RunContext, run: usize) -> anyhow::Result<
     })
 }
 
-/// The scorer and then the floor at one offered rate, both warmed up first.
+/// Measures the scorer and then the floor at one offered rate, both warmed up first.
 async fn rate_segment(
     context: &RunContext,
     run: usize,
