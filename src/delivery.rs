@@ -49,7 +49,7 @@ pub(crate) struct PendingOutput {
     pub delivery: DeliveryFuture,
     pub output: Output,
     pub topic: Arc<str>,
-    /// When the consumer handed over the input record this output answers.
+    /// When the consumer handed over the input record that this output is for.
     pub received: Instant,
 }
 

@@ -61,10 +61,10 @@ struct DeviceWindow {
     id: Arc<str>,
 }
 
-/// Device windows in a slab of slots, found by id through a hash map and ordered by
-/// last use in a doubly linked list threaded through the slots, so a push does one
-/// hash lookup and no allocation once the device is known. Slots of evicted devices,
-/// with their value buffers, are reused for new devices.
+/// Device windows in a slab of slots. A hash map finds a device's slot by id, and a
+/// doubly linked list threaded through the slots orders them by last use, so a push
+/// does one hash lookup and no allocation once the device is known. Slots of evicted
+/// devices, with their value buffers, are reused for new devices.
 #[derive(Debug)]
 pub struct WindowStore {
     window: usize,

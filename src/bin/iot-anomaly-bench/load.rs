@@ -152,7 +152,7 @@ async fn collect_positions(
     Ok(positions)
 }
 
-/// What an output message says about the input record it answers.
+/// The input record an output message is for, and when the message arrived.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival {
     pub partition: i32,

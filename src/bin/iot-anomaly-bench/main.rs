@@ -23,7 +23,7 @@ use iot_anomaly::telemetry;
 use iot_anomaly::workload::Workload;
 
 use crate::report::{Machine, ModelSummary, Report, ReportHead};
-use crate::run::{load_average, run_once, Offered, RunContext};
+use crate::run::{load_average, run_once, set_key, Offered, RunContext};
 
 #[derive(Debug, Parser)]
 #[command(about = "End-to-end benchmark of iot-anomaly against a local tansu broker")]
@@ -224,29 +224,58 @@ async fn run_benchmark(args: RunArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be 1 or more");
     }
-    let mut settings = Settings::load(Some(&args.config))?;
+    // The scorer gets the file's keys plus these overrides; the harness's own clients
+    // get the same settings, loaded back from the file written here.
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("cannot read {}", args.config.display()))?;
+    let mut config: toml::Table = text
+        .parse()
+        .with_context(|| format!("invalid TOML in {}", args.config.display()))?;
+    let string = |value: &str| toml::Value::String(value.to_owned());
+    let integer = |value: u64| toml::Value::Integer(value as i64);
     if let Some(model) = &args.model {
-        settings.model.dir = model.clone();
+        set_key(
+            &mut config,
+            &["model", "dir"],
+            string(&model.display().to_string()),
+        );
     }
     for property in &args.consumer_properties {
         let (key, value) = key_value(property)?;
-        settings.kafka.consumer.insert(key, value);
+        set_key(&mut config, &["kafka", "consumer", &key], string(&value));
     }
     for property in &args.producer_properties {
         let (key, value) = key_value(property)?;
-        settings.kafka.producer.insert(key, value);
+        set_key(&mut config, &["kafka", "producer", &key], string(&value));
     }
     if let Some(max_batch) = args.max_batch {
-        settings.scoring.max_batch = max_batch;
+        set_key(
+            &mut config,
+            &["scoring", "max_batch"],
+            integer(max_batch as u64),
+        );
     }
     if let Some(max_wait_ms) = args.max_wait_ms {
-        settings.scoring.max_wait_ms = max_wait_ms;
+        set_key(
+            &mut config,
+            &["scoring", "max_wait_ms"],
+            integer(max_wait_ms),
+        );
     }
     if let Some(threads) = args.intra_op_threads {
-        settings.scoring.intra_op_threads = threads;
+        set_key(
+            &mut config,
+            &["scoring", "intra_op_threads"],
+            integer(threads as u64),
+        );
     }
-    settings.log.format = LogFormat::Json;
-    settings.validate()?;
+    set_key(&mut config, &["log", "format"], string("json"));
+    std::fs::create_dir_all(&args.work_dir)
+        .with_context(|| format!("cannot create {}", args.work_dir.display()))?;
+    let base = args.work_dir.join("base.toml");
+    std::fs::write(&base, toml::to_string(&config)?)
+        .with_context(|| format!("cannot write {}", base.display()))?;
+    let settings = Settings::load(Some(&base))?;
 
     let meta = read_meta(&settings.model.dir)?;
     let workload = Workload::from_csv(&args.data, &meta.features, args.devices)
@@ -260,8 +289,6 @@ async fn run_benchmark(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => path.clone(),
         None => sibling_binary("iot-anomaly")?,
     };
-    std::fs::create_dir_all(&args.work_dir)
-        .with_context(|| format!("cannot create {}", args.work_dir.display()))?;
     let mut shown = settings.clone();
     shown.kafka = shown.kafka.with_secrets_masked();
     let head = ReportHead {
@@ -287,6 +314,7 @@ async fn run_benchmark(args: RunArgs) -> anyhow::Result<()> {
         harness_binary: std::env::current_exe()?,
         window: meta.architecture.window as usize,
         settings,
+        config,
         workload,
         partitions: args.partitions,
         records: args.records,

@@ -259,7 +259,7 @@ impl Service {
         Ok(Self { process, http_port })
     }
 
-    /// Waits until `/readyz` answers 200 (model loaded, partitions assigned).
+    /// Waits until `/readyz` returns 200 (model loaded, partitions assigned).
     pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {

@@ -206,7 +206,7 @@ impl Report {
         }
     }
 
-    /// The human-readable summary printed at the end of a run.
+    /// Formats the human-readable summary printed at the end of a run.
     pub fn table(&self) -> String {
         let mut out = String::new();
         let runs = self.runs.len();

@@ -1,10 +1,10 @@
 //! One end-to-end run: a throughput segment, then one segment per offered rate, each
 //! on a fresh tansu broker.
 //!
-//! tansu 0.6.0's in-memory store scans a partition's whole history on every fetch, so
-//! a fresh broker per segment keeps earlier segments from slowing later ones, and the
-//! floor is warmed up with as many records as the scorer, so both read topics of the
-//! same length.
+//! tansu 0.6.0's in-memory store scans a partition's whole history on every fetch. A
+//! fresh broker per segment therefore keeps earlier segments from slowing later ones,
+//! and the floor is warmed up with as many records as the scorer, so that both read
+//! topics of the same length.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -73,7 +73,7 @@ impl Offered {
         }
     }
 
-    /// The sending plan; `max_rate` is the throughput measured earlier in the run.
+    /// Returns the sending plan. `max_rate` is the throughput measured earlier in the run.
     fn plan(&self, duration: Duration, max_rate: f64) -> Plan {
         match *self {
             Self::Rate(rate) => Plan::Rate { rate, duration },
@@ -91,8 +91,13 @@ pub struct RunContext {
     pub tansu: PathBuf,
     pub scorer_binary: PathBuf,
     pub harness_binary: PathBuf,
-    /// Scorer settings except brokers and topics, which each segment sets.
+    /// Scorer settings except brokers and topics, which each segment sets; the
+    /// harness's own clients use them too.
     pub settings: Settings,
+    /// The configuration file's keys plus the command line's overrides. Segments write
+    /// it with their brokers and topics; keys at their defaults stay out, so scorers
+    /// built before a key existed (`--scorer` for a before/after comparison) accept it.
+    pub config: toml::Table,
     pub workload: Workload,
     pub window: usize,
     pub partitions: u32,
@@ -135,8 +140,24 @@ pub fn load_average() -> String {
         .unwrap_or_default()
 }
 
-fn write_config(settings: &Settings, path: &Path) -> anyhow::Result<()> {
-    let text = toml::to_string(settings).context("cannot write the configuration as TOML")?;
+/// Sets `value` at the dotted `path` of `table`, creating tables on the way.
+pub fn set_key(table: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("a key path is not empty");
+    let mut current = table;
+    for parent in parents {
+        let entry = current
+            .entry(parent.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        current = entry.as_table_mut().expect("made a table above");
+    }
+    current.insert(last.to_string(), value);
+}
+
+fn write_config(table: &toml::Table, path: &Path) -> anyhow::Result<()> {
+    let text = toml::to_string(table).context("cannot write the configuration as TOML")?;
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -170,13 +191,38 @@ impl Segment {
         scorer.kafka.output_topic = SCORED.into();
         scorer.kafka.deadletter_topic = DEAD_LETTERS.into();
         scorer.kafka.alerts_topic = ALERTS.into();
-        scorer.model.reload_interval_s = 0;
         let mut floor = scorer.clone();
         floor.kafka.group_id = "bench-floor".into();
         floor.kafka.input_topic = FLOOR_RAW.into();
         floor.kafka.output_topic = FLOOR_OUT.into();
-        write_config(&scorer, &dir.join("scorer.toml"))?;
-        write_config(&floor, &dir.join("floor.toml"))?;
+
+        let text = |value: &str| toml::Value::String(value.to_owned());
+        let mut scorer_file = context.config.clone();
+        for (key, value) in [
+            ("brokers", scorer.kafka.brokers.as_str()),
+            ("group_id", "bench-scorer"),
+            ("input_topic", RAW),
+            ("output_topic", SCORED),
+            ("deadletter_topic", DEAD_LETTERS),
+            ("alerts_topic", ALERTS),
+        ] {
+            set_key(&mut scorer_file, &["kafka", key], text(value));
+        }
+        set_key(
+            &mut scorer_file,
+            &["model", "reload_interval_s"],
+            toml::Value::Integer(0),
+        );
+        let mut floor_file = scorer_file.clone();
+        for (key, value) in [
+            ("group_id", "bench-floor"),
+            ("input_topic", FLOOR_RAW),
+            ("output_topic", FLOOR_OUT),
+        ] {
+            set_key(&mut floor_file, &["kafka", key], text(value));
+        }
+        write_config(&scorer_file, &dir.join("scorer.toml"))?;
+        write_config(&floor_file, &dir.join("floor.toml"))?;
         Ok(Self {
             broker,
             scorer,
@@ -205,7 +251,7 @@ impl Segment {
         )
     }
 
-    /// A producer with the scorer's client settings.
+    /// Creates a producer with the scorer's client settings.
     fn producer(&self) -> anyhow::Result<FutureProducer> {
         kafka::create_producer(&self.scorer.kafka).context("cannot create the load producer")
     }
@@ -339,7 +385,7 @@ async fn throughput_segment(context: &RunContext, run: usize) -> anyhow::Result<
     })
 }
 
-/// The scorer and then the floor at one offered rate, both warmed up first.
+/// Measures the scorer and then the floor at one offered rate, both warmed up first.
 async fn rate_segment(
     context: &RunContext,
     run: usize,

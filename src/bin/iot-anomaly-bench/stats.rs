@@ -113,8 +113,8 @@ impl Histogram {
         Histogram { buckets }
     }
 
-    /// The `q` quantile in seconds. A quantile in the `+Inf` bucket returns the
-    /// largest finite bound, an underestimate.
+    /// Returns the `q` quantile in seconds. A quantile in the `+Inf` bucket comes out
+    /// as the largest finite bound, an underestimate.
     pub fn quantile(&self, q: f64) -> f64 {
         let total = self.count();
         if total == 0 {
