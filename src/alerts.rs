@@ -93,7 +93,7 @@ impl DeviceAlerts {
 /// Alert state of every device with a recent anomaly or an open episode.
 ///
 /// Memory is bounded by `max_devices`. Quiet devices are dropped first, which loses
-/// nothing; past that, the least recently updated device is dropped and its open
+/// nothing. Past that, the least recently updated device is dropped and its open
 /// episode, if any, ends without a `closed` event (counted in `evicted_open`).
 #[derive(Debug)]
 pub struct AlertTracker {

@@ -99,8 +99,8 @@ pub(crate) async fn acknowledge_batch(
         .collect();
 
     loop {
-        // librdkafka retries until message.timeout.ms; meanwhile a broker that stopped
-        // answering makes the service not ready instead of silently stalling.
+        // librdkafka retries until message.timeout.ms. Meanwhile a broker that stopped
+        // responding makes the service not ready instead of silently stalling.
         let next = match tokio::time::timeout(DELIVERY_STALL, pending.next()).await {
             Ok(next) => next,
             Err(_) => {

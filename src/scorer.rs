@@ -36,7 +36,7 @@ pub struct Scorer {
 impl Scorer {
     pub fn new(loaded: LoadedModel) -> Self {
         let fused = FusedAutoencoder::from_vars(&loaded.vars, loaded.meta.architecture)
-            .expect("the VarStore of an LstmAutoencoder holds all of its weights");
+            .expect("the VarStore of an LstmAutoencoder contains all of its weights");
         Self { loaded, fused }
     }
 

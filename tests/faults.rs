@@ -433,7 +433,7 @@ async fn broker_outage_sets_not_ready_then_resumes() {
     );
     let log = replica.log();
     assert!(log.contains("not ready until it does"), "{log}");
-    // Whichever of the consumer or the acknowledgement task sees the broker first
+    // Whichever of the consumer or the acknowledgement task reaches the broker first
     // clears the flag and logs its own "... again; resuming" line.
     assert!(log.contains("again; resuming"), "{log}");
 }

@@ -186,9 +186,8 @@ async fn every_record_gets_one_outcome() {
     assert!(metrics.render().contains("iot_anomaly_verdicts_total"));
 }
 
-/// A reading of device `device` at `step` (10 s apart): the scaler's mean of the
-/// random checkpoint when `fault` is false, a temperature 75 standard deviations off
-/// when it is true.
+/// Builds a reading of `device` at `step` (10 s apart). It is the random checkpoint's
+/// scaler mean, or with `fault` a temperature 75 standard deviations off.
 fn reading(device: &str, step: usize, fault: bool) -> ReplayMessage {
     let temperature = if fault { 100.0 } else { 25.0 };
     let payload = format!(

@@ -1,10 +1,10 @@
 //! SKAB (Skoltech Anomaly Benchmark) outlier-detection protocol.
 //!
 //! Each labelled file is one experiment: a model is trained on its first
-//! [`SKAB_TRAIN_ROWS`] rows, anomaly-free by the benchmark's convention (where a file
-//! labels some of them anomalous, windows touching those rows are left out of
-//! training), and the remaining rows are scored in file order by the service's
-//! [`Detector`].
+//! [`SKAB_TRAIN_ROWS`] rows, and the remaining rows are scored in file order by the
+//! service's [`Detector`]. The training rows are anomaly-free by the benchmark's
+//! convention. Where a file labels some of them anomalous, windows touching those rows
+//! are left out of training.
 //! The training rows are streamed through the detector first, so the first test row
 //! already has a full window, as it would in a service that had been running. Only
 //! test rows are counted. Confusion counts are summed over all files before F1, FAR
